@@ -1,0 +1,471 @@
+"""The conversion pipeline: source -> staged HF folder -> OpenVINO IR -> NNCF -> tokenizers -> manifest.
+
+Everything is written into a hidden temporary sibling of the output and renamed into place at the
+end, so an interrupted or failed conversion leaves neither a partial model nor temp litter.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gc
+import hashlib
+import json
+import os
+import re
+import resource
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from glm4_edge.errors import BadParameterError, Glm4EdgeError, ModelFormatError
+from glm4_edge.glm_format import DEFAULT_GENERATION_PREFIX, STOP_TOKENS, THINK_OPEN
+from glm4_edge.manifest import MANIFEST_NAME, Compression, Manifest
+
+from . import calibration, families, presets
+
+DEFAULT_MODELS_DIR = Path("models")
+# Peak RAM is about the bf16 checkpoint plus the IR's working copy; disk needs the staged copy
+# (legacy remap / adapter merge), the fp16 IR and the compressed IR side by side.
+RAM_FACTOR = 1.3
+DISK_FACTOR = 2.5
+MAX_CONTEXT = 1 << 20
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ConvertOptions:
+    source: str
+    output: Path | None = None
+    weight_format: str = "int4"
+    device: str = "cpu"
+    group_size: int | None = None
+    ratio: float | None = None
+    sym: bool | None = None
+    all_layers: bool | None = None
+    awq: bool = False
+    scale_estimation: bool = False
+    dataset: str | None = None
+    backup_precision: str | None = None
+    context: int | None = None
+    adapter: Path | None = None
+    revision: str | None = None
+    force: bool = False
+    npu_max_prompt_len: int = 1024
+    npu_min_response_len: int = 256
+    models_dir: Path = DEFAULT_MODELS_DIR
+    check_resources: bool = True
+
+
+@dataclass
+class ConvertResult:
+    output: Path
+    manifest: Manifest
+    seconds: float
+    peak_rss_bytes: int
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+def convert(options: ConvertOptions, progress: Progress | None = None) -> ConvertResult:
+    progress = progress or (lambda message: None)
+    start = time.perf_counter()
+    stages: dict[str, float] = {}
+    source_folder, source_meta = resolve_source(options, progress)
+    source = families.detect_family(source_folder, name_hint=options.source)
+    parameters = _count_parameters(source.config, source.family)
+    settings = presets.resolve(
+        options.device, options.weight_format, group_size=options.group_size, ratio=options.ratio, sym=options.sym,
+        all_layers=options.all_layers, awq=options.awq, scale_estimation=options.scale_estimation,
+        dataset=options.dataset, backup_precision=options.backup_precision, num_parameters=parameters)
+    if options.context is not None and not 512 <= options.context <= MAX_CONTEXT:
+        raise BadParameterError(f"--context {options.context} must be between 512 and {MAX_CONTEXT} tokens",
+                                "context")
+    if settings.dataset and settings.dataset != "builtin":
+        calibration.load_texts(settings.dataset)  # refuse a bad file before hours of export
+    lora = families.load_lora(options.adapter) if options.adapter else None
+    output = Path(options.output) if options.output else default_output(source_folder, options)
+    check_output(output, options.force)
+    source_bytes = families.checkpoint_bytes(source_folder)
+    if options.check_resources:
+        check_resources(source_bytes, output.parent)
+
+    with staging_folder(output) as temp:
+        staged = temp / "_source"
+        staged.mkdir()
+        timer = time.perf_counter()
+        progress(f"preparing the {source.family} checkpoint")
+        export_folder, config = prepare_source(source, staged, lora, options)
+        if lora is not None:
+            families.check_lora_used(lora, options.adapter)
+        stages["prepare"] = time.perf_counter() - timer
+
+        timer = time.perf_counter()
+        progress("exporting to OpenVINO IR")
+        export_ir(export_folder, temp)
+        stages["export"] = time.perf_counter() - timer
+
+        timer = time.perf_counter()
+        if settings.weight_format != "fp16":
+            progress(f"compressing weights: {presets.describe(settings)}")
+            compress_ir(temp, export_folder, settings)
+        stages["compress"] = time.perf_counter() - timer
+
+        progress("checking tokenizer and detokenizer")
+        ensure_tokenizers(temp, export_folder)
+        stop_ids = write_generation_config(temp, export_folder)
+        prefix = generation_prefix(export_folder)
+        shutil.rmtree(staged)
+
+        output_bytes = sum(p.stat().st_size for p in temp.rglob("*") if p.is_file())
+        manifest = Manifest(
+            name=output.name,
+            family=source.family,
+            source={**source_meta, "adapter": str(options.adapter) if options.adapter else None},
+            target_device=options.device,
+            preset=options.device,
+            compression=Compression(
+                weight_format=settings.weight_format,
+                group_size=None if settings.weight_format == "fp16" else settings.group_size,
+                ratio=None if settings.weight_format == "fp16" else settings.ratio,
+                sym=None if settings.weight_format == "fp16" else settings.sym,
+                all_layers=None if settings.weight_format == "fp16" else settings.all_layers,
+                awq=settings.awq, scale_estimation=settings.scale_estimation, dataset=settings.dataset,
+                backup_precision=None if settings.weight_format == "fp16" else settings.backup_precision,
+                bits_table=bits_table(temp / "openvino_model.xml"),
+            ),
+            context_length=int(config.get("max_position_embeddings") or source.context_length),
+            rope_scaling=config.get("rope_scaling"),
+            reasoning=source.reasoning or THINK_OPEN in prefix,
+            generation_prefix=prefix,
+            stop_token_ids=stop_ids,
+            npu={"max_prompt_len": options.npu_max_prompt_len, "min_response_len": options.npu_min_response_len}
+            if options.device == "npu" else {},
+            size_bytes={"source": source_bytes, "output": output_bytes},
+            versions=package_versions(),
+            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        )
+        manifest.write(temp)
+        progress("finishing")
+        publish(temp, output)
+    return ConvertResult(output, manifest, time.perf_counter() - start, peak_rss_bytes(), stages)
+
+
+# --- source ---------------------------------------------------------------------------------------
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_source(options: ConvertOptions, progress: Progress) -> tuple[Path, dict[str, Any]]:
+    """A local folder as is, or a hub id downloaded into the Hugging Face cache."""
+    path = Path(options.source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelFormatError(f"{path} is a file; give the checkpoint's folder")
+        return path.resolve(), {"id": str(path.resolve()), "content_hash": content_hash(path)}
+    if not HUB_ID.match(options.source) or options.source.startswith((".", "/", "~")):
+        raise ModelFormatError(f"{options.source}: no such folder (and not a hub id like THUDM/GLM-4-9B-0414)")
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+        raise Glm4EdgeError(f"{options.source} is a hub id but HF_HUB_OFFLINE is set; download it first on a "
+                            f"connected machine: hf download {options.source} --local-dir DIR, then convert DIR")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    progress(f"downloading {options.source}")
+    try:
+        folder = snapshot_download(options.source, revision=options.revision,
+                                   allow_patterns=["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt",
+                                                   "*.py", "tokenizer*"])
+    except RepositoryNotFoundError:
+        raise ModelFormatError(f"{options.source} was not found on the hub (check the id, or log in for "
+                               "gated models with `hf auth login`)") from None
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+        raise Glm4EdgeError(f"could not download {options.source} ({type(error).__name__}); on an offline "
+                            "machine, download it elsewhere with `hf download ID --local-dir DIR` and convert "
+                            "DIR") from None
+    revision = Path(folder).name  # the snapshot folder is named after the commit
+    return Path(folder), {"id": options.source, "revision": revision}
+
+
+def content_hash(folder: Path) -> str:
+    """A quick identity of a local checkpoint: config, tokenizer and the weight files' names and sizes."""
+    digest = hashlib.sha256()
+    for item in sorted(folder.iterdir()):
+        if not item.is_file():
+            continue
+        digest.update(item.name.encode())
+        if item.suffix in (".safetensors", ".bin"):
+            digest.update(str(item.stat().st_size).encode())
+            with item.open("rb") as handle:
+                digest.update(handle.read(1 << 20))
+        elif item.stat().st_size < 50 << 20:
+            digest.update(item.read_bytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def default_output(folder: Path, options: ConvertOptions) -> Path:
+    name = Path(options.source.rstrip("/")).name.lower() if options.source else folder.name.lower()
+    device = "" if options.device == "cpu" else f"-{options.device}"
+    return Path(options.models_dir) / f"{name}-{options.weight_format}{device}-ov"
+
+
+def check_output(output: Path, force: bool) -> None:
+    if output.exists() and not force:
+        raise Glm4EdgeError(f"{output} already exists; pass --force to replace it (it is replaced only after "
+                            "the new conversion succeeds) or choose another -o")
+    if output.exists() and not output.is_dir():
+        raise Glm4EdgeError(f"{output} is a file; choose a folder for -o")
+    parent = output.parent if output.parent != Path("") else Path(".")
+    existing = parent
+    while not existing.exists():
+        existing = existing.parent
+    if not os.access(existing, os.W_OK):
+        raise Glm4EdgeError(f"cannot write to {existing}; choose a writable -o")
+    if existing != parent and not existing.is_dir():
+        raise Glm4EdgeError(f"{existing} is a file; choose another -o")
+
+
+def check_resources(source_bytes: int, parent: Path) -> None:
+    import psutil
+
+    existing = parent
+    while not existing.exists():
+        existing = existing.parent
+    free_disk = shutil.disk_usage(existing).free
+    need_disk = int(source_bytes * DISK_FACTOR)
+    if free_disk < need_disk:
+        raise Glm4EdgeError(f"not enough disk: converting needs about {_gb(need_disk)} free next to the output, "
+                            f"{existing} has {_gb(free_disk)}; free space or choose another -o")
+    available = psutil.virtual_memory().available
+    need_ram = int(source_bytes * RAM_FACTOR)
+    if available < need_ram:
+        raise Glm4EdgeError(f"not enough memory: converting a {_gb(source_bytes)} checkpoint needs about "
+                            f"{_gb(need_ram)} of RAM, {_gb(available)} is available; close programs or convert "
+                            "on a larger machine")
+
+
+def _gb(size: int) -> str:
+    return f"{size / 1e9:.1f} GB"
+
+
+def _count_parameters(config: dict[str, Any], family: str) -> int:
+    if family == "chatglm":
+        config = families.legacy_glm_config(config)
+    hidden, ffn = config.get("hidden_size", 0), config.get("intermediate_size", 0)
+    layers, vocab = config.get("num_hidden_layers", 0), config.get("vocab_size", 0)
+    heads, kv = config.get("num_attention_heads", 1), config.get("num_key_value_heads", 1)
+    head_dim = config.get("head_dim") or hidden // max(heads, 1)
+    attention = hidden * head_dim * (2 * heads + 2 * kv)
+    return int(layers * (attention + 3 * hidden * ffn) + 2 * vocab * hidden)
+
+
+# --- staging and publishing -----------------------------------------------------------------------
+
+@contextmanager
+def staging_folder(output: Path):
+    """A hidden sibling of `output`, removed on any failure or interrupt."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temp = output.parent / f".{output.name}.tmp-{os.getpid()}"
+    if temp.exists():
+        shutil.rmtree(temp)
+    temp.mkdir()
+    try:
+        yield temp
+    except OSError as error:
+        if error.errno == 28:  # ENOSPC
+            raise Glm4EdgeError(f"the disk filled up while writing {output}; nothing was kept. Free space "
+                                "and convert again") from None
+        raise
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def publish(temp: Path, output: Path) -> None:
+    """Move the finished model into place; an old output (with --force) goes only after that."""
+    old = None
+    if output.exists():
+        old = output.parent / f".{output.name}.old-{os.getpid()}"
+        os.replace(output, old)
+    try:
+        os.replace(temp, output)
+    except BaseException:
+        if old is not None:
+            os.replace(old, output)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def prepare_source(source: families.SourceInfo, staged: Path, lora, options: ConvertOptions):
+    """The folder optimum exports from, and its (possibly rewritten) config."""
+    if source.family == "chatglm":
+        families.remap_legacy(source, staged, lora)
+        folder = staged
+    elif lora is not None:
+        families.merge_lora_into(source, staged, lora)
+        folder = staged
+    else:
+        folder = source.folder
+    config = families.read_config(folder)
+    family = "glm" if source.family == "chatglm" else source.family
+    if options.context:
+        config = families.apply_context(config, family, options.context)
+        if folder is source.folder:
+            families.link_side_files(source.folder, staged, skip_weights=False)
+            (staged / "config.json").unlink()
+            folder = staged
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder, config
+
+
+# --- export and compression -----------------------------------------------------------------------
+
+def export_ir(folder: Path, out: Path) -> None:
+    from optimum.exporters.openvino import main_export
+    from optimum.intel import OVConfig
+
+    # An explicit OVConfig without quantization stops optimum from INT8-compressing >1B models on its
+    # own: compression is done once, below, with the settings the user chose.
+    main_export(str(folder), out, task="text-generation-with-past", ov_config=OVConfig(),
+                convert_tokenizer=True, library_name="transformers")
+    gc.collect()
+
+
+def compress_ir(out: Path, source_folder: Path, settings: presets.CompressionSettings) -> None:
+    import nncf
+    import openvino as ov
+
+    core = ov.Core()
+    xml = out / "openvino_model.xml"
+    model = core.read_model(xml)
+    kwargs: dict[str, Any] = {}
+    if settings.weight_format == "int8":
+        mode = nncf.CompressWeightsMode.INT8_SYM if settings.sym else nncf.CompressWeightsMode.INT8_ASYM
+    else:
+        mode = nncf.CompressWeightsMode.INT4_SYM if settings.sym else nncf.CompressWeightsMode.INT4_ASYM
+        kwargs.update(group_size=settings.group_size, ratio=settings.ratio, all_layers=settings.all_layers,
+                      backup_mode=nncf.BackupMode(settings.backup_precision))
+        if settings.data_aware:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(source_folder)
+            samples = calibration.token_samples(tokenizer, settings.dataset or "builtin")
+            kwargs.update(dataset=calibration.nncf_dataset(model, samples), subset_size=len(samples),
+                          awq=settings.awq, scale_estimation=settings.scale_estimation,
+                          sensitivity_metric=nncf.SensitivityMetric.WEIGHT_QUANTIZATION_ERROR
+                          if settings.ratio >= 1.0 else None)
+    compressed = nncf.compress_weights(model, mode=mode, **kwargs)
+    temp_xml = out / "openvino_model.compressed.xml"
+    ov.save_model(compressed, temp_xml, compress_to_fp16=False)
+    del compressed, model
+    gc.collect()
+    for suffix in (".xml", ".bin"):
+        os.replace(temp_xml.with_suffix(suffix), xml.with_suffix(suffix))
+
+
+def bits_table(xml: Path) -> list[dict[str, Any]]:
+    """Share of weight parameters per precision, read back from the IR (what NNCF's table reports)."""
+    import openvino as ov
+
+    model = ov.Core().read_model(xml)
+    counts: dict[str, list[int]] = {}
+    for op in model.get_ops():
+        if op.get_type_name() != "Constant":
+            continue
+        shape = list(op.get_output_partial_shape(0).to_shape())
+        if len(shape) < 2 or shape[-1] == 1:
+            continue  # zero points and per-channel scales end in a unit axis
+        element = op.get_output_element_type(0).get_type_name()
+        if element not in ("u4", "i4", "u8", "i8", "f16", "bf16", "f32", "nf4", "f8e4m3"):
+            continue
+        size = 1
+        for dim in shape:
+            size *= dim
+        if element in ("f16", "bf16", "f32") and size < 4096:
+            continue  # scales, zero points and small tables are not weights
+        entry = counts.setdefault(element, [0, 0])
+        entry[0] += 1
+        entry[1] += size
+    total = sum(params for _, params in counts.values()) or 1
+    names = {"u4": "int4_asym", "i4": "int4_sym", "u8": "int8_asym", "i8": "int8_sym", "f16": "fp16",
+             "bf16": "bf16", "f32": "fp32"}
+    return [{"precision": names.get(k, k), "tensors": v[0], "parameters": v[1],
+             "percent": round(100.0 * v[1] / total, 2)} for k, v in sorted(counts.items(), key=lambda i: -i[1][1])]
+
+
+# --- tokenizer, generation config, prompt ---------------------------------------------------------
+
+def ensure_tokenizers(out: Path, source_folder: Path) -> None:
+    """optimum-intel skips tokenizer conversion silently on failure; convert directly then, or refuse."""
+    wanted = [out / "openvino_tokenizer.xml", out / "openvino_detokenizer.xml"]
+    if all(p.is_file() for p in wanted):
+        return
+    import openvino as ov
+    from openvino_tokenizers import convert_tokenizer
+    from transformers import AutoTokenizer
+
+    try:
+        hf_tokenizer = AutoTokenizer.from_pretrained(source_folder)
+        tokenizer, detokenizer = convert_tokenizer(hf_tokenizer, with_detokenizer=True,
+                                                   skip_special_tokens=True)
+    except Exception as error:  # any failure here means the model cannot be used: say so
+        raise ModelFormatError(f"could not convert the tokenizer of {source_folder} to OpenVINO ({error}); "
+                               "check its tokenizer.json") from None
+    ov.save_model(tokenizer, wanted[0])
+    ov.save_model(detokenizer, wanted[1])
+
+
+def write_generation_config(out: Path, source_folder: Path) -> list[int]:
+    """GLM-4's stop ids, looked up in this tokenizer (tiny test vocabularies number them differently)."""
+    vocab_path = source_folder / "tokenizer.json"
+    ids = []
+    if vocab_path.is_file():
+        tokenizer = json.loads(vocab_path.read_text(encoding="utf-8"))
+        added = {t["content"]: t["id"] for t in tokenizer.get("added_tokens", [])}
+        ids = [added[t] for t in STOP_TOKENS if t in added]
+    path = out / "generation_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    if not ids:
+        eos = config.get("eos_token_id", [151329, 151336, 151338])
+        ids = eos if isinstance(eos, list) else [eos]
+    config["eos_token_id"] = ids
+    config.setdefault("pad_token_id", ids[0])
+    path.write_text(json.dumps(config, indent=2) + "\n")
+    return ids
+
+
+def generation_prefix(folder: Path) -> str:
+    """What the checkpoint's template writes after the last turn (`<|assistant|>`, maybe `\\n<think>`)."""
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        messages = [{"role": "user", "content": "ping"}]
+        without = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+        with_prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception:  # no usable template: the GLM-4 default
+        return DEFAULT_GENERATION_PREFIX
+    if with_prompt.startswith(without) and with_prompt[len(without):].startswith("<|assistant|>"):
+        return with_prompt[len(without):]
+    return DEFAULT_GENERATION_PREFIX
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in ("glm4-edge", "openvino", "openvino-genai", "openvino-tokenizers", "optimum-intel", "nncf",
+                 "transformers", "torch"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+__all__ = ["ConvertOptions", "ConvertResult", "convert", "MANIFEST_NAME"]

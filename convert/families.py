@@ -1,0 +1,383 @@
+"""Which GLM-4 family a checkpoint is, and the source-side rewrites done before export.
+
+Rewrites (legacy `chatglm` remap, LoRA merge, YaRN config) produce a staged Hugging Face folder in
+the `glm`/`glm4` layout, streamed one tensor at a time so a 9B model never sits in memory twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from glm4_edge.errors import Glm4EdgeError, ModelFormatError
+from glm4_edge.glm_format import SPECIAL_TOKENS
+
+from .synthetic import GLM4_SPLIT_PATTERN, LEGACY_EXTRA_SPECIALS
+
+FAMILIES = {"glm4": "GLM-4-0414 / Z1", "glm": "GLM-4-9B -hf / glm-edge", "chatglm": "legacy glm-4-9b-chat"}
+GLM4_NATIVE_CONTEXT = 32768
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+
+
+@dataclass
+class SourceInfo:
+    folder: Path
+    family: str
+    config: dict[str, Any]
+    reasoning: bool
+
+    @property
+    def context_length(self) -> int:
+        config = self.config
+        return int(config.get("max_position_embeddings") or config.get("seq_length") or 0)
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ModelFormatError(f"{folder} has no config.json; point at a Hugging Face checkpoint folder or hub id")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelFormatError(f"{path} is not valid JSON ({error}); re-download the checkpoint") from None
+    if not isinstance(config, dict):
+        raise ModelFormatError(f"{path} does not hold a JSON object; re-download the checkpoint")
+    return config
+
+
+def detect_family(folder: Path, name_hint: str = "") -> SourceInfo:
+    """Family from `config.json`; GLM-4V, ChatGLM2/3 and non-GLM models are refused."""
+    config = read_config(folder)
+    model_type = str(config.get("model_type", ""))
+    if model_type in ("glm4v", "glm4v_moe", "glm4v_text") or "vision_config" in config:
+        raise ModelFormatError(f"{folder} is a GLM-4V vision-language model; glm4-edge converts text-only "
+                               "GLM-4 models (use optimum-cli's image-text-to-text export for GLM-4V)")
+    if model_type == "glm4" or model_type == "glm":
+        family = model_type
+    elif model_type == "chatglm":
+        if not (folder / "tokenizer.model").is_file() or not _is_tiktoken_file(folder / "tokenizer.model"):
+            raise ModelFormatError(f"{folder} is a ChatGLM checkpoint without GLM-4's tiktoken tokenizer.model "
+                                   "(ChatGLM2/3 are not GLM-4); use a glm-4-9b-chat checkpoint")
+        family = "chatglm"
+    elif model_type == "glm4_moe":
+        raise ModelFormatError(f"{folder} is a GLM-4.5 MoE model (model_type glm4_moe); glm4-edge converts "
+                               "dense GLM-4 models: glm4 (0414/Z1), glm (-hf) and legacy chatglm")
+    else:
+        raise ModelFormatError(f"{folder} is not a GLM-4 checkpoint (model_type {model_type or 'missing'!r}); "
+                               "glm4-edge converts glm4 (GLM-4-0414/Z1), glm (glm-4-9b-chat-hf) and chatglm")
+    _check_weights(folder)
+    _check_tokenizer(folder, family)
+    reasoning = "z1" in (name_hint or config.get("_name_or_path", "") or folder.name).lower()
+    return SourceInfo(folder, family, config, reasoning)
+
+
+def _is_tiktoken_file(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            first = handle.readline().split()
+        return len(first) == 2 and first[1].isdigit()
+    except OSError:
+        return False
+
+
+def _check_weights(folder: Path) -> None:
+    if not any(folder.glob(pattern) for pattern in WEIGHT_PATTERNS):
+        raise ModelFormatError(f"{folder} has no weights (*.safetensors or *.bin); the download is incomplete")
+
+
+def _check_tokenizer(folder: Path, family: str) -> None:
+    if family == "chatglm":
+        return  # tokenizer.model was checked above
+    if not (folder / "tokenizer.json").is_file():
+        raise ModelFormatError(f"{folder} has no tokenizer.json; download the tokenizer files with the weights")
+
+
+def weight_files(folder: Path) -> list[Path]:
+    files = sorted(folder.glob("*.safetensors"))
+    return files or sorted(p for p in folder.glob("*.bin") if p.name != "training_args.bin")
+
+
+def iter_tensors(folder: Path):
+    """(name, tensor) over every shard, one shard in memory at a time."""
+    import torch
+    from safetensors import safe_open
+
+    for file in weight_files(folder):
+        if file.suffix == ".safetensors":
+            with safe_open(str(file), framework="pt") as handle:
+                for name in handle.keys():
+                    yield name, handle.get_tensor(name)
+        else:
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            yield from state.items()
+            del state
+
+
+def checkpoint_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in weight_files(folder))
+
+
+# --- legacy chatglm -> glm ---------------------------------------------------------------------
+
+LEGACY_RENAMES = (
+    ("transformer.output_layer.", "lm_head."),
+    ("transformer.embedding.word_embeddings.", "model.embed_tokens."),
+    ("transformer.encoder.final_layernorm.", "model.norm."),
+    ("transformer.encoder.layers.", "model.layers."),
+    (".self_attention.dense.", ".self_attn.o_proj."),
+    (".mlp.dense_h_to_4h.", ".mlp.gate_up_proj."),
+    (".mlp.dense_4h_to_h.", ".mlp.down_proj."),
+)
+
+
+def legacy_glm_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The `glm` config that the legacy `chatglm` config describes (as glm-4-9b-chat-hf was made)."""
+    heads = config["num_attention_heads"]
+    head_dim = config.get("kv_channels", config["hidden_size"] // heads)
+    eos = config.get("eos_token_id", [151329, 151336, 151338])
+    return {
+        "architectures": ["GlmForCausalLM"],
+        "model_type": "glm",
+        "vocab_size": config["padded_vocab_size"],
+        "hidden_size": config["hidden_size"],
+        "intermediate_size": config["ffn_hidden_size"],
+        "num_hidden_layers": config.get("num_layers", config.get("num_hidden_layers")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": config.get("multi_query_group_num", heads)
+        if config.get("multi_query_attention", True) else heads,
+        "head_dim": head_dim,
+        "partial_rotary_factor": 0.5,
+        "rms_norm_eps": config.get("layernorm_epsilon", 1.5625e-07),
+        "rope_theta": 10000.0 * float(config.get("rope_ratio", 1.0)),
+        "max_position_embeddings": config.get("seq_length", 131072),
+        "attention_bias": bool(config.get("add_qkv_bias", True)),
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+        "eos_token_id": eos,
+        "pad_token_id": config.get("pad_token_id", eos[0] if isinstance(eos, list) else eos),
+        "torch_dtype": config.get("torch_dtype", "bfloat16"),
+    }
+
+
+def remap_legacy(source: SourceInfo, staged: Path, lora: dict[str, Any] | None = None) -> None:
+    """Write the legacy checkpoint as a `glm` checkpoint: split fused QKV, rename tensors."""
+    from safetensors.torch import save_file
+
+    config = legacy_glm_config(source.config)
+    heads, kv_heads, head_dim = config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"]
+    sizes = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
+    shard: dict[str, Any] = {}
+    index: dict[str, str] = {}
+    shard_bytes, shard_number = 0, 0
+
+    def flush() -> None:
+        nonlocal shard, shard_bytes, shard_number
+        if shard:
+            file = f"model-{shard_number:05d}.safetensors"
+            save_file(shard, staged / file, metadata={"format": "pt"})
+            index.update(dict.fromkeys(shard, file))
+            shard, shard_bytes, shard_number = {}, 0, shard_number + 1
+
+    for name, tensor in iter_tensors(source.folder):
+        if "rotary_pos_emb" in name:
+            continue
+        if lora:
+            tensor = apply_lora(name, tensor, lora)
+        new = name
+        for old, replacement in LEGACY_RENAMES:
+            new = new.replace(old, replacement)
+        if ".self_attention.query_key_value." in new:
+            prefix, kind = new.split(".self_attention.query_key_value.")
+            for part, piece in zip(("q_proj", "k_proj", "v_proj"), tensor.split(sizes, dim=0), strict=True):
+                shard[f"{prefix}.self_attn.{part}.{kind}"] = piece.contiguous()
+        else:
+            shard[new] = tensor.contiguous()
+        shard_bytes += tensor.numel() * tensor.element_size()
+        if shard_bytes > 2 << 30:
+            flush()
+    flush()
+    (staged / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}))
+    (staged / "config.json").write_text(json.dumps(config, indent=2))
+    generation = {"eos_token_id": config["eos_token_id"], "pad_token_id": config["pad_token_id"]}
+    (staged / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    legacy_tokenizer(source.folder).save_pretrained(staged)
+
+
+def legacy_tokenizer(folder: Path):
+    """A fast tokenizer from GLM-4's tiktoken `tokenizer.model`, without the repo's remote code."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    ranks = sum(1 for line in (folder / "tokenizer.model").read_text().splitlines() if line.strip())
+    specials = list(SPECIAL_TOKENS) + list(LEGACY_EXTRA_SPECIALS)
+    converter = TikTokenConverter(vocab_file=str(folder / "tokenizer.model"), pattern=GLM4_SPLIT_PATTERN,
+                                  additional_special_tokens=[])
+    tokenizer = converter.converted()
+    added = tokenizer.add_special_tokens(specials)
+    if added != len(specials) or tokenizer.token_to_id(specials[0]) != ranks:
+        raise ModelFormatError(f"{folder}/tokenizer.model does not have GLM-4's layout "
+                               "(special tokens must follow the BPE ranks)")
+    tokenizer_config = {}
+    config_path = folder / "tokenizer_config.json"
+    if config_path.is_file():
+        tokenizer_config = json.loads(config_path.read_text(encoding="utf-8"))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>", additional_special_tokens=specials[1:],
+                                   clean_up_tokenization_spaces=False)
+    fast.padding_side = "left"
+    template = tokenizer_config.get("chat_template")
+    if not template and (folder / "chat_template.jinja").is_file():
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    fast.chat_template = template or _default_template()
+    return fast
+
+
+def _default_template() -> str:
+    from .synthetic import chat_template
+
+    return chat_template(False)
+
+
+# --- LoRA adapters -------------------------------------------------------------------------------
+
+def load_lora(adapter: Path) -> dict[str, Any]:
+    """A PEFT LoRA adapter as {base weight name: (A, B, scale)}; merged by hand at the tensor level so
+    it also applies to the legacy layout, which has no transformers class without remote code."""
+    import torch
+
+    config_path = adapter / "adapter_config.json"
+    if not config_path.is_file():
+        raise Glm4EdgeError(f"{adapter} has no adapter_config.json; --adapter takes a PEFT LoRA adapter folder")
+    config = json.loads(config_path.read_text())
+    if config.get("peft_type", "LORA") != "LORA":
+        raise Glm4EdgeError(f"{adapter} is a {config.get('peft_type')} adapter; only LoRA adapters can be merged")
+    if config.get("use_dora"):
+        raise Glm4EdgeError(f"{adapter} uses DoRA, which glm4-edge cannot merge; merge it with PEFT first")
+    files = sorted(adapter.glob("adapter_model.safetensors")) or sorted(adapter.glob("adapter_model.bin"))
+    if not files:
+        raise Glm4EdgeError(f"{adapter} has no adapter_model.safetensors")
+    if files[0].suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(files[0])
+    else:
+        state = torch.load(files[0], map_location="cpu", weights_only=True)
+    rank = int(config.get("r", 8))
+    alpha = float(config.get("lora_alpha", rank))
+    scale = alpha / (rank ** 0.5 if config.get("use_rslora") else rank)
+    pairs: dict[str, Any] = {}
+    for name, tensor in state.items():
+        if ".lora_A." not in name:
+            continue
+        base = name.split(".lora_A.")[0]
+        b = state.get(name.replace(".lora_A.", ".lora_B."))
+        if b is None:
+            raise Glm4EdgeError(f"{adapter}: {name} has no matching lora_B")
+        for prefix in ("base_model.model.",):
+            base = base.removeprefix(prefix)
+        pairs[base + ".weight"] = (tensor, b, scale)
+    if not pairs:
+        raise Glm4EdgeError(f"{adapter} holds no LoRA weights")
+    return pairs
+
+
+def apply_lora(name: str, tensor, lora: dict[str, Any]):
+    entry = lora.get(name)
+    if entry is None:
+        return tensor
+    a, b, scale = entry
+    merged = tensor.float() + scale * (b.float() @ a.float())
+    lora.setdefault("_merged", set()).add(name)
+    return merged.to(tensor.dtype)
+
+
+def merge_lora_into(source: SourceInfo, staged: Path, lora: dict[str, Any]) -> None:
+    """Copy a glm/glm4 checkpoint into `staged` with the adapter merged, shard by shard."""
+    from safetensors.torch import save_file
+
+    index: dict[str, str] = {}
+    for number, file in enumerate(weight_files(source.folder)):
+        shard = {}
+        for name, tensor in _tensors_of(file):
+            shard[name] = apply_lora(name, tensor, lora).contiguous()
+        out = f"model-{number:05d}.safetensors"
+        save_file(shard, staged / out, metadata={"format": "pt"})
+        index.update(dict.fromkeys(shard, out))
+        del shard
+    (staged / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}))
+    link_side_files(source.folder, staged, skip_weights=True)
+
+
+def check_lora_used(lora: dict[str, Any], adapter: Path) -> None:
+    wanted = {k for k in lora if not k.startswith("_")}
+    merged = lora.get("_merged", set())
+    if not merged:
+        raise Glm4EdgeError(f"{adapter} targets none of this checkpoint's weights (e.g. {next(iter(wanted))}); "
+                            "was it trained on another model?")
+
+
+def _tensors_of(file: Path):
+    import torch
+    from safetensors import safe_open
+
+    if file.suffix == ".safetensors":
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                yield name, handle.get_tensor(name)
+    else:
+        yield from torch.load(file, map_location="cpu", weights_only=True, mmap=True).items()
+
+
+def link_side_files(source: Path, staged: Path, skip_weights: bool) -> None:
+    """Put the source's non-weight files (and weights unless skipped) into `staged` without copying data."""
+    for item in source.iterdir():
+        if item.name.startswith("."):
+            continue
+        is_weight = item.suffix in (".safetensors", ".bin") or item.name.endswith(".index.json")
+        if is_weight and skip_weights:
+            continue
+        target = staged / item.name
+        if target.exists():
+            continue
+        if item.is_dir():
+            continue
+        if is_weight:
+            try:
+                os.link(item, target)
+            except OSError:
+                target.symlink_to(item.resolve())
+        else:
+            shutil.copy2(item, target)
+
+
+# --- long context ---------------------------------------------------------------------------------
+
+def yarn_rope_scaling(context: int, native: int = GLM4_NATIVE_CONTEXT) -> dict[str, Any]:
+    return {"type": "yarn", "rope_type": "yarn", "factor": context / native,
+            "original_max_position_embeddings": native}
+
+
+def apply_context(config: dict[str, Any], family: str, context: int) -> dict[str, Any]:
+    """Config with YaRN for `context` tokens (0414 models are trained at 32K)."""
+    native = GLM4_NATIVE_CONTEXT if family == "glm4" else int(config.get("max_position_embeddings", 0))
+    if context <= native:
+        config = dict(config)
+        config["max_position_embeddings"] = max(int(config.get("max_position_embeddings", 0)), context)
+        return config
+    if family != "glm4":
+        raise Glm4EdgeError(f"--context {context} is beyond this {family} model's trained {native} tokens and "
+                            f"YaRN is defined for GLM-4-0414 models only; use --context <= {native}")
+    scaling = yarn_rope_scaling(context, native)
+    config = dict(config)
+    rope = dict(config.get("rope_parameters") or {})
+    theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
+    config["rope_scaling"] = scaling
+    config["rope_parameters"] = {**rope, "rope_type": "yarn", "rope_theta": theta, "factor": scaling["factor"],
+                                 "original_max_position_embeddings": native,
+                                 "partial_rotary_factor": config.get("partial_rotary_factor", 0.5)}
+    config["max_position_embeddings"] = context
+    return config

@@ -1,0 +1,104 @@
+"""OpenVINO device discovery and validation, per-device pipeline properties, compile cache."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from .errors import DeviceError, ModelFormatError
+from .manifest import Manifest
+
+DEFAULT_NPU_MAX_PROMPT_LEN = 1024
+DEFAULT_NPU_MIN_RESPONSE_LEN = 256
+CACHE_ENV = "GLM4_EDGE_CACHE_DIR"
+
+
+@dataclass
+class DeviceInfo:
+    name: str
+    full_name: str
+    capabilities: list[str] = field(default_factory=list)
+    properties: dict[str, str] = field(default_factory=dict)
+
+
+@lru_cache(maxsize=1)
+def _core():
+    import openvino
+
+    return openvino.Core()
+
+
+def available_devices() -> list[str]:
+    return list(_core().available_devices)
+
+
+def describe_devices() -> list[DeviceInfo]:
+    core = _core()
+    infos = []
+    for name in core.available_devices:
+        def prop(key: str, default: Any = "") -> Any:
+            try:
+                return core.get_property(name, key)
+            except Exception:  # a plugin may not implement every property
+                return default
+
+        extra = {}
+        for key in ("DEVICE_TYPE", "DEVICE_ARCHITECTURE", "GPU_DEVICE_TOTAL_MEM_SIZE", "INFERENCE_NUM_THREADS"):
+            value = prop(key, None)
+            if value not in (None, ""):
+                extra[key] = str(value)
+        infos.append(DeviceInfo(name, str(prop("FULL_DEVICE_NAME", name)),
+                                [str(c) for c in prop("OPTIMIZATION_CAPABILITIES", [])], extra))
+    return infos
+
+
+def check_device(device: str) -> str:
+    """Normalize and validate a device string ("cpu", "GPU.1", "AUTO", "AUTO:GPU,CPU")."""
+    wanted = device.strip().upper()
+    available = available_devices()
+    if wanted.startswith(("AUTO", "HETERO", "MULTI")):
+        _, _, targets = wanted.partition(":")
+        missing = [t for t in filter(None, targets.split(",")) if not _present(t, available)]
+        if missing:
+            raise DeviceError(f"device {', '.join(missing)} not found; available: {', '.join(available)}")
+        return wanted
+    if not _present(wanted, available):
+        raise DeviceError(f"device {wanted} not found; available: {', '.join(available) or 'none'} "
+                          "(see `glm4-edge devices`; install the GPU/NPU driver if the hardware is there)")
+    return wanted
+
+
+def _present(device: str, available: list[str]) -> bool:
+    return device in available or any(a.split(".")[0] == device for a in available)
+
+
+def cache_dir() -> Path:
+    root = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "glm4-edge")
+    path = Path(root) / "ov-cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def pipeline_properties(device: str, manifest: Manifest | None, model_dir: Path,
+                        max_prompt_len: int | None = None, min_response_len: int | None = None,
+                        cache: bool = True) -> dict[str, Any]:
+    """Properties for `LLMPipeline(model_dir, device, **props)`."""
+    base = device.split(".")[0].split(":")[0]
+    properties: dict[str, Any] = {}
+    if cache and base in ("GPU", "NPU", "AUTO"):
+        properties["CACHE_DIR"] = str(cache_dir())
+    if base == "NPU":
+        if manifest is None or manifest.target_device != "npu":
+            raise ModelFormatError(
+                f"{model_dir} was not compressed for the NPU (it needs symmetric INT4 weights); convert it "
+                f"with: glm4-edge convert SOURCE --device npu -o {model_dir}-npu")
+        npu = manifest.npu or {}
+        properties["MAX_PROMPT_LEN"] = int(max_prompt_len or npu.get("max_prompt_len")
+                                           or DEFAULT_NPU_MAX_PROMPT_LEN)
+        properties["MIN_RESPONSE_LEN"] = int(min_response_len or npu.get("min_response_len")
+                                             or DEFAULT_NPU_MIN_RESPONSE_LEN)
+    return properties
