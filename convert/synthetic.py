@@ -258,3 +258,57 @@ def _byte_decoder() -> dict[str, int]:
             codes.append(256 + extra)
             extra += 1
     return {chr(code): byte for byte, code in zip(printable, codes, strict=True)}
+
+
+def build_scripted_checkpoint(folder: Path, pieces: list[str | bytes], end: str | None = "<|user|>",
+                              loop: bool = False, family: str = "glm4", reasoning: bool = False) -> Path:
+    """A checkpoint whose greedy answer is always `pieces`: deterministic output for end-to-end tests.
+
+    Every layer's output projection is zero, so the logits depend on the last token alone, and
+    lm_head maps each token of the script to the next one. A str piece becomes a token of its own
+    (added if the vocabulary lacks it); a bytes piece of one byte is that raw byte-level token, which
+    is how a test gets a Chinese character split across tokens. Pieces must be distinct tokens.
+    With `loop`, the script repeats forever (for cancellation tests); else it ends with `end`.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tokenizer = build_tokenizer()
+    vocab = tokenizer.get_vocab()
+    new_tokens = [p for p in pieces if isinstance(p, str) and p not in vocab]
+    tokenizer.add_tokens(new_tokens)
+    byte_to_char = {byte: char for char, byte in _byte_decoder().items()}
+    ids = []
+    for piece in pieces:
+        if isinstance(piece, bytes):
+            if len(piece) != 1:
+                raise ValueError("bytes pieces must be single bytes")
+            ids.append(tokenizer.convert_tokens_to_ids(byte_to_char[piece[0]]))
+        else:
+            ids.append(tokenizer.convert_tokens_to_ids(piece))
+    start = tokenizer.convert_tokens_to_ids("<|assistant|>")
+    chain = [start] + ids
+    if not loop and end:
+        chain.append(tokenizer.convert_tokens_to_ids(end))
+    if len(set(chain)) != len(chain):
+        raise ValueError("scripted pieces must be distinct tokens")
+    folder = build_checkpoint(folder, family, TINY, reasoning=reasoning, tokenizer=tokenizer)
+    weights = folder / "model.safetensors"
+    state = load_file(weights)
+    embed = state["model.embed_tokens.weight"]
+    generator = torch.Generator().manual_seed(1)
+    embed.copy_(torch.randn(embed.shape, generator=generator))
+    for name in state:
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            state[name].zero_()
+        if "norm" in name:
+            state[name].fill_(1.0)
+    head = state["lm_head.weight"]
+    head.zero_()
+    successors = list(zip(chain, chain[1:], strict=False))
+    if loop:
+        successors.append((chain[-1], chain[1]))
+    for current, following in successors:
+        head[following] = embed[current] * (4.0 / embed.shape[1] ** 0.5)
+    save_file(state, weights, metadata={"format": "pt"})
+    return folder

@@ -1,0 +1,388 @@
+"""`Model` and `Chat`: GLM-4 over `openvino_genai.LLMPipeline`, streaming `Chunk`s.
+
+Every face (CLI, UI, server, bench, eval) goes through `Model.stream`, so prompt rendering, stop
+handling, reasoning and tool-call parsing live in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import devices, glm_format
+from .errors import BadParameterError, ContextOverflowError, Glm4EdgeError, ModelFormatError
+from .manifest import Manifest, read_manifest
+from .streaming import CallbackStream
+
+DEFAULT_MAX_NEW_TOKENS = 512
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_TOP_P = 0.8
+DEFAULT_DEVICE = "CPU"
+DEFAULT_CONTEXT = 8192
+REQUIRED_FILES = ("openvino_model.xml", "openvino_tokenizer.xml", "openvino_detokenizer.xml")
+FINISH_REASONS = ("stop", "length", "tool_calls", "cancelled")
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    ttft_s: float | None = None
+    tokens_per_s: float | None = None  # decode rate after the first token
+    prefill_tokens_per_s: float | None = None
+    total_s: float | None = None
+    peak_memory_bytes: int = 0
+    load_s: float | None = None
+    compile_s: float | None = None
+    device: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """An Ollama-style one-liner."""
+        parts = [f"prompt {self.prompt_tokens} tok"]
+        if self.ttft_s is not None:
+            parts.append(f"TTFT {self.ttft_s * 1000:.0f} ms")
+        parts.append(f"{self.generated_tokens} tok")
+        if self.tokens_per_s:
+            parts.append(f"{self.tokens_per_s:.1f} tok/s")
+        parts.append(f"mem {self.peak_memory_bytes / 2**30:.2f} GiB")
+        if self.device:
+            parts.append(self.device)
+        return " · ".join(parts)
+
+
+@dataclass
+class Chunk:
+    text: str = ""
+    reasoning: str = ""
+    finish_reason: str | None = None
+    tool_calls: list[dict[str, str]] | None = None
+    stats: GenerationStats | None = None
+
+
+@dataclass
+class Reply:
+    text: str
+    reasoning: str = ""
+    tool_calls: list[dict[str, str]] = field(default_factory=list)
+    finish_reason: str = "stop"
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+    def as_message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": self.text}
+        if self.tool_calls:
+            message["tool_calls"] = [{"type": "function", "function": dict(call)} for call in self.tool_calls]
+        return message
+
+
+class Model:
+    """A converted GLM-4 model on one OpenVINO device. Create it with `glm4_edge.load`."""
+
+    def __init__(self, path: Path, device: str, pipeline, manifest: Manifest | None, load_s: float,
+                 context_length: int, generation_prefix: str, stop_token_ids: list[int]):
+        self.path = path
+        self.device = device
+        self.pipeline = pipeline
+        self.tokenizer = pipeline.get_tokenizer()
+        self.manifest = manifest
+        self.load_s = load_s
+        self.context_length = context_length
+        self.generation_prefix = generation_prefix
+        self.stop_token_ids = stop_token_ids
+        self._lock = threading.Lock()  # one generation at a time per pipeline
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name if self.manifest else self.path.name
+
+    @property
+    def family(self) -> str:
+        return self.manifest.family if self.manifest else "unknown"
+
+    @property
+    def starts_in_reasoning(self) -> bool:
+        return self.generation_prefix.rstrip().endswith(glm_format.THINK_OPEN)
+
+    def describe(self) -> str:
+        compression = self.manifest.compression.weight_format if self.manifest else "unknown format"
+        return f"{self.name} · {self.family} · {compression} · {self.device}"
+
+    # --- prompt -----------------------------------------------------------------------------------
+
+    def render(self, messages: str | Sequence[dict], tools: Sequence[dict] | None = None) -> str:
+        return glm_format.render_prompt(messages, tools, self.generation_prefix)
+
+    def count_tokens(self, text: str) -> int:
+        return int(self.tokenizer.encode(text, add_special_tokens=False).input_ids.get_shape()[-1])
+
+    # --- generation -------------------------------------------------------------------------------
+
+    def stream(self, messages: str | Sequence[dict], *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+               temperature: float = DEFAULT_TEMPERATURE, top_p: float = DEFAULT_TOP_P, top_k: int = 0,
+               repetition_penalty: float = 1.0, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+               seed: int | None = None, stop: str | Sequence[str] | None = None, ignore_eos: bool = False,
+               tools: Sequence[dict] | None = None, cancel: threading.Event | None = None) -> Iterator[Chunk]:
+        """Stream the answer to `messages` as `Chunk`s; the last one has finish_reason and stats.
+
+        Breaking out of the loop (or `close()`) stops generation within a token. Setting `cancel`
+        from another thread ends the stream with finish_reason "cancelled".
+        """
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        schemas = glm_format.tool_schemas(tools)
+        prompt = self.render(messages, schemas)
+        inputs = self.tokenizer.encode(prompt, add_special_tokens=False)
+        prompt_tokens = int(inputs.input_ids.get_shape()[-1])
+        if max_new_tokens < 1:
+            raise BadParameterError(f"max_new_tokens must be at least 1, got {max_new_tokens}", "max_new_tokens")
+        if self.context_length and prompt_tokens + max_new_tokens > self.context_length:
+            raise ContextOverflowError(prompt_tokens, max_new_tokens, self.context_length)
+        config = self._generation_config(max_new_tokens, temperature, top_p, top_k, repetition_penalty,
+                                         presence_penalty, frequency_penalty, seed, ignore_eos)
+        return self._stream(inputs, prompt_tokens, config, stops, [s["name"] for s in schemas], cancel)
+
+    def _stream(self, inputs, prompt_tokens: int, config, stops: list[str], tool_names: list[str],
+                cancel: threading.Event | None) -> Iterator[Chunk]:
+        matcher = glm_format.StopMatcher(stops)
+        parser = glm_format.ReplyParser(tool_names=tool_names, in_reasoning=self.starts_in_reasoning)
+        with self._lock:
+            started = time.perf_counter()
+            stream = CallbackStream(lambda callback: self.pipeline.generate(inputs, config, callback), cancel)
+            try:
+                for raw in stream:
+                    visible = matcher.feed(raw)
+                    if matcher.stopped:
+                        stream.stop_requested.set()
+                    piece = parser.feed(visible)
+                    if piece.text or piece.reasoning:
+                        yield Chunk(text=piece.text, reasoning=piece.reasoning)
+            finally:
+                if stream.outcome.result is None and stream.outcome.error is None:
+                    stream.close()  # the consumer left early: stop generating before releasing the lock
+            tail = parser.feed(matcher.flush() if not matcher.stopped else "")
+            rest, calls = parser.finish()
+            stats = self._stats(stream.outcome.result, prompt_tokens, time.perf_counter() - started)
+            if stream.outcome.cancelled:
+                reason = "cancelled"
+            elif calls:
+                reason = "tool_calls"
+            elif not matcher.stopped and stats.generated_tokens >= config.max_new_tokens:
+                reason = "length"
+            else:
+                reason = "stop"
+            yield Chunk(text=tail.text + rest.text, reasoning=tail.reasoning + rest.reasoning,
+                        finish_reason=reason, tool_calls=[c.as_dict() for c in calls] or None, stats=stats)
+
+    def generate(self, messages: str | Sequence[dict], **options: Any) -> Reply:
+        """The whole answer at once: exactly the joined text of `stream`."""
+        text, reasoning, calls, reason, stats = [], [], [], "stop", GenerationStats()
+        for chunk in self.stream(messages, **options):
+            text.append(chunk.text)
+            reasoning.append(chunk.reasoning)
+            if chunk.finish_reason:
+                reason, stats, calls = chunk.finish_reason, chunk.stats or stats, chunk.tool_calls or []
+        return Reply("".join(text), "".join(reasoning), calls, reason, stats)
+
+    def chat(self, system: str | None = None, *, tools: Sequence[dict] | None = None,
+             trim_history: bool = False, **defaults: Any) -> Chat:
+        return Chat(self, system=system, tools=tools, trim_history=trim_history, **defaults)
+
+    def warm_up(self) -> None:
+        """Run one short generation so the first user request does not pay for lazy initialisation."""
+        for _ in self.stream("hi", max_new_tokens=2, temperature=0.0):
+            pass
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _generation_config(self, max_new_tokens, temperature, top_p, top_k, repetition_penalty,
+                           presence_penalty, frequency_penalty, seed, ignore_eos):
+        for name, value, low, high in (("temperature", temperature, 0.0, 100.0), ("top_p", top_p, 0.0, 1.0),
+                                       ("repetition_penalty", repetition_penalty, 0.0, 100.0),
+                                       ("presence_penalty", presence_penalty, -2.0, 2.0),
+                                       ("frequency_penalty", frequency_penalty, -2.0, 2.0)):
+            if not isinstance(value, (int, float)) or not low <= value <= high or (name == "top_p" and value == 0):
+                raise BadParameterError(f"{name} must be in [{low}, {high}]" + (" and above 0" if name == "top_p"
+                                                                                  else "") + f", got {value}", name)
+        if repetition_penalty == 0:
+            raise BadParameterError("repetition_penalty must be above 0", "repetition_penalty")
+        config = self.pipeline.get_generation_config()
+        config.max_new_tokens = int(max_new_tokens)
+        config.stop_token_ids = set(self.stop_token_ids)
+        config.ignore_eos = bool(ignore_eos)
+        config.repetition_penalty = float(repetition_penalty)
+        config.presence_penalty = float(presence_penalty)
+        config.frequency_penalty = float(frequency_penalty)
+        config.apply_chat_template = False
+        if temperature == 0:
+            config.do_sample = False
+        else:
+            config.do_sample = True
+            config.temperature = float(temperature)
+            config.top_p = float(top_p)
+            config.top_k = int(top_k) if top_k else 0
+            if seed is not None:
+                config.rng_seed = int(seed)
+        return config
+
+    def _stats(self, result, prompt_tokens: int, total_s: float) -> GenerationStats:
+        stats = GenerationStats(prompt_tokens=prompt_tokens, total_s=total_s, load_s=self.load_s,
+                                device=self.device,
+                                peak_memory_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        metrics = getattr(result, "perf_metrics", None)
+        if metrics is None:
+            return stats
+        stats.generated_tokens = int(metrics.get_num_generated_tokens())
+        ttft_ms = metrics.get_ttft().mean
+        if ttft_ms > 0:
+            stats.ttft_s = ttft_ms / 1000
+            stats.prefill_tokens_per_s = prompt_tokens / stats.ttft_s
+        tpot_ms = metrics.get_tpot().mean
+        if tpot_ms > 0 and stats.generated_tokens > 1:
+            stats.tokens_per_s = 1000.0 / tpot_ms
+        return stats
+
+
+class Chat:
+    """A conversation: `send` streams like `Model.stream` and records the turn in `messages`."""
+
+    def __init__(self, model: Model, system: str | None = None, tools: Sequence[dict] | None = None,
+                 trim_history: bool = False, **defaults: Any):
+        self.model = model
+        self.system = system
+        self.tools = list(tools or [])
+        self.trim_history = trim_history
+        self.defaults = defaults
+        self.messages: list[dict[str, Any]] = []
+        self.last_stats: GenerationStats | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        self.messages = [{"role": "system", "content": self.system}] if self.system else []
+
+    def add_tool_result(self, content: Any, name: str | None = None) -> None:
+        if not isinstance(content, str):
+            content = json.dumps(content, ensure_ascii=False)
+        message = {"role": "tool", "content": content}
+        if name:
+            message["name"] = name
+        self.messages.append(message)
+
+    def send(self, text: str | None, **options: Any) -> Iterator[Chunk]:
+        """Add the user's `text` (None: continue after a tool result) and stream the answer."""
+        if text is not None:
+            self.messages.append({"role": "user", "content": text})
+        merged = {**self.defaults, **options}
+        if self.tools and "tools" not in merged:
+            merged["tools"] = self.tools
+        try:
+            stream = self._open_stream(merged)
+        except Glm4EdgeError:
+            if text is not None:
+                self.messages.pop()
+            raise
+        return self._record(stream)
+
+    def _open_stream(self, options: dict[str, Any]) -> Iterator[Chunk]:
+        while True:
+            try:
+                return self.model.stream(self.messages, **options)
+            except ContextOverflowError:
+                if not self.trim_history or not self._drop_oldest_turn():
+                    raise
+
+    def _drop_oldest_turn(self) -> bool:
+        """Drop the oldest user turn and everything up to the next one; keep the system prompt."""
+        start = 1 if self.messages and self.messages[0]["role"] == "system" else 0
+        users = [i for i, m in enumerate(self.messages) if m["role"] == "user" and i >= start]
+        if len(users) < 2:
+            return False
+        del self.messages[start:users[1]]
+        return True
+
+    def _record(self, stream: Iterator[Chunk]) -> Iterator[Chunk]:
+        text, reasoning, calls = [], [], None
+        try:
+            for chunk in stream:
+                text.append(chunk.text)
+                reasoning.append(chunk.reasoning)
+                if chunk.finish_reason:
+                    calls, self.last_stats = chunk.tool_calls, chunk.stats
+                yield chunk
+        finally:
+            # Even an answer stopped early stays in the history, as the user saw it.
+            reply = Reply("".join(text), "".join(reasoning), calls or [])
+            self.messages.append(reply.as_message())
+
+
+def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int | None = None,
+         min_response_len: int | None = None, cache: bool = True, warm_up: bool = False,
+         draft: str | Path | None = None, properties: dict[str, Any] | None = None) -> Model:
+    """Load a converted model folder on `device` ("CPU", "GPU", "GPU.1", "NPU", "AUTO")."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ModelFormatError(f"{folder}: no such model folder; convert one with `glm4-edge convert`")
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if missing:
+        raise ModelFormatError(f"{folder} is not an OpenVINO model folder (missing {', '.join(missing)}); "
+                               "convert the checkpoint with `glm4-edge convert`")
+    manifest = read_manifest(folder)
+    device = devices.check_device(device)
+    props = devices.pipeline_properties(device, manifest, folder, max_prompt_len, min_response_len, cache)
+    props.update(properties or {})
+    base = device.split(".")[0].split(":")[0]
+    import openvino_genai
+
+    if base in ("CPU", "GPU"):
+        scheduler = openvino_genai.SchedulerConfig()
+        scheduler.enable_prefix_caching = True  # multi-turn chats reuse the history's KV cache
+        props.setdefault("scheduler_config", scheduler)
+    if draft is not None:
+        draft_folder = Path(draft).expanduser()
+        if not (draft_folder / "openvino_model.xml").is_file():
+            raise ModelFormatError(f"--draft {draft_folder} is not a converted model folder")
+        props["draft_model"] = openvino_genai.draft_model(str(draft_folder), base if base != "AUTO" else "CPU")
+    started = time.perf_counter()
+    try:
+        pipeline = openvino_genai.LLMPipeline(str(folder), device, **props)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise Glm4EdgeError(f"OpenVINO could not load {folder} on {device}: {first[:300]}") from None
+    load_s = time.perf_counter() - started
+    context = (manifest.context_length if manifest and manifest.context_length else _config_context(folder))
+    if base == "NPU":
+        context = props["MAX_PROMPT_LEN"] + props["MIN_RESPONSE_LEN"]
+    prefix = manifest.generation_prefix if manifest else _template_prefix(pipeline)
+    stop_ids = list(manifest.stop_token_ids) if manifest and manifest.stop_token_ids else sorted(
+        pipeline.get_generation_config().stop_token_ids)
+    model = Model(folder, device, pipeline, manifest, load_s, context, prefix, stop_ids)
+    if warm_up:
+        model.warm_up()
+    return model
+
+
+def _config_context(folder: Path) -> int:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        return int(config.get("max_position_embeddings") or config.get("seq_length") or DEFAULT_CONTEXT)
+    except (OSError, ValueError):
+        return DEFAULT_CONTEXT
+
+
+def _template_prefix(pipeline) -> str:
+    """A model converted by other tools: find what its chat template writes for the assistant turn."""
+    tokenizer = pipeline.get_tokenizer()
+    try:
+        messages = [{"role": "user", "content": "ping"}]
+        without = tokenizer.apply_chat_template(messages, add_generation_prompt=False)
+        with_prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    except RuntimeError:
+        return glm_format.DEFAULT_GENERATION_PREFIX
+    suffix = with_prompt[len(without):] if with_prompt.startswith(without) else ""
+    return suffix if suffix.startswith("<|assistant|>") else glm_format.DEFAULT_GENERATION_PREFIX
