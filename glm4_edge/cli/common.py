@@ -1,0 +1,36 @@
+"""Arguments and loading shared by the verbs that run a model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..model import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Model, load
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path, help="converted model folder (from `glm4-edge convert`)")
+    parser.add_argument("--device", default="CPU", help="CPU, GPU, GPU.1, NPU or AUTO (default CPU)")
+    parser.add_argument("--draft", type=Path, help="draft model folder for speculative decoding")
+    parser.add_argument("--max-prompt-len", type=int, help="NPU: static prompt length")
+    parser.add_argument("--min-response-len", type=int, help="NPU: static response length")
+    parser.add_argument("--no-cache", action="store_true", help="GPU/NPU: do not cache compiled blobs")
+
+
+def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    parser.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=DEFAULT_TOP_P)
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--seed", type=int)
+
+
+def sampling_options(args: argparse.Namespace) -> dict:
+    return {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
+            "repetition_penalty": args.repetition_penalty, "seed": args.seed}
+
+
+def load_model(args: argparse.Namespace, warm_up: bool = False) -> Model:
+    return load(args.model, args.device, max_prompt_len=args.max_prompt_len,
+                min_response_len=args.min_response_len, cache=not args.no_cache, draft=args.draft,
+                warm_up=warm_up)
