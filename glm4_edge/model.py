@@ -190,6 +190,39 @@ class Model:
                 reason, stats, calls = chunk.finish_reason, chunk.stats or stats, chunk.tool_calls or []
         return Reply("".join(text), "".join(reasoning), calls, reason, stats)
 
+    def generate_batch(self, conversations: Sequence[str | Sequence[dict]], *,
+                       max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = DEFAULT_TEMPERATURE,
+                       top_p: float = DEFAULT_TOP_P, repetition_penalty: float = 1.0, seed: int | None = None,
+                       tools: Sequence[dict] | None = None) -> list[Reply]:
+        """Answer several conversations in one batched `generate` call (no streaming)."""
+        schemas = glm_format.tool_schemas(tools)
+        prompts = [self.render(messages, schemas) for messages in conversations]
+        lengths = [self.count_tokens(prompt) for prompt in prompts]
+        for length in lengths:
+            if self.context_length and length + max_new_tokens > self.context_length:
+                raise ContextOverflowError(length, max_new_tokens, self.context_length)
+        config = self._generation_config(max_new_tokens, temperature, top_p, 0, repetition_penalty, 0.0, 0.0,
+                                         seed, False)
+        inputs = self.tokenizer.encode(prompts, add_special_tokens=False)
+        started = time.perf_counter()
+        with self._lock:
+            result = self.pipeline.generate(inputs, config)
+        elapsed = time.perf_counter() - started
+        replies = []
+        names = [s["name"] for s in schemas]
+        for tokens, prompt_tokens in zip(result.tokens, lengths, strict=True):
+            parser = glm_format.ReplyParser(tool_names=names, in_reasoning=self.starts_in_reasoning)
+            piece = parser.feed(self.tokenizer.decode(tokens, skip_special_tokens=True))
+            rest, calls = parser.finish()
+            stats = GenerationStats(prompt_tokens=prompt_tokens, generated_tokens=len(tokens), total_s=elapsed,
+                                    device=self.device, load_s=self.load_s)
+            stop_hit = any(t in self.stop_token_ids for t in tokens[-1:])
+            reason = "tool_calls" if calls else ("length" if len(tokens) >= max_new_tokens and not stop_hit
+                                                 else "stop")
+            replies.append(Reply(piece.text + rest.text, piece.reasoning + rest.reasoning,
+                                 [c.as_dict() for c in calls], reason, stats))
+        return replies
+
     def chat(self, system: str | None = None, *, tools: Sequence[dict] | None = None,
              trim_history: bool = False, **defaults: Any) -> Chat:
         return Chat(self, system=system, tools=tools, trim_history=trim_history, **defaults)

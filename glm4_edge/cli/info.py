@@ -1,0 +1,63 @@
+"""`glm4-edge info MODEL`: what a converted model folder holds (its manifest)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import ModelFormatError
+from ..manifest import read_manifest
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("info", help="show how a converted model was made")
+    parser.add_argument("model", type=Path, help="converted model folder")
+    parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    parser.set_defaults(run=run)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def run(args: argparse.Namespace) -> int:
+    folder = args.model
+    if not (folder / "openvino_model.xml").is_file():
+        raise ModelFormatError(f"{folder} is not a converted model folder (no openvino_model.xml)")
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise ModelFormatError(f"{folder} has no glm4_edge.json (converted by another tool); it still loads, "
+                               "but reconvert with `glm4-edge convert` to record how it was made")
+    if args.json:
+        print(json.dumps(asdict(manifest), indent=2, ensure_ascii=False))
+        return 0
+    console = Console()
+    c = manifest.compression
+    rows = [
+        ("name", manifest.name), ("family", manifest.family), ("source", str(manifest.source.get("id", ""))),
+        ("revision", str(manifest.source.get("revision") or manifest.source.get("content_hash", ""))),
+        ("adapter", str(manifest.source.get("adapter") or "-")),
+        ("target device", manifest.target_device), ("weights", c.weight_format),
+        ("group size", str(c.group_size)), ("ratio", str(c.ratio)), ("symmetric", str(c.sym)),
+        ("all layers", str(c.all_layers)), ("awq / scale estimation", f"{c.awq} / {c.scale_estimation}"),
+        ("context", str(manifest.context_length)), ("reasoning (Z1)", str(manifest.reasoning)),
+        ("size on disk", f"{folder_bytes(folder) / 1e6:,.1f} MB"),
+        ("created", manifest.created),
+        ("versions", ", ".join(f"{k} {v}" for k, v in manifest.versions.items())),
+    ]
+    table = Table(show_header=False, title=str(folder))
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+    bits = Table(title="weights by precision")
+    for column in ("precision", "tensors", "% of weights"):
+        bits.add_column(column)
+    for row in c.bits_table:
+        bits.add_row(row["precision"], str(row["tensors"]), f"{row['percent']:.1f}")
+    console.print(bits)
+    return 0
