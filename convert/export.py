@@ -15,6 +15,7 @@ import re
 import resource
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -105,7 +106,7 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> Conver
 
         timer = time.perf_counter()
         progress("exporting to OpenVINO IR")
-        export_ir(export_folder, temp)
+        export_ir(export_folder, temp, fp16=settings.weight_format == "fp16")
         stages["export"] = time.perf_counter() - timer
 
         timer = time.perf_counter()
@@ -222,10 +223,10 @@ def check_output(output: Path, force: bool) -> None:
     existing = parent
     while not existing.exists():
         existing = existing.parent
+    if not existing.is_dir():
+        raise Glm4EdgeError(f"{existing} is a file; choose another -o")
     if not os.access(existing, os.W_OK):
         raise Glm4EdgeError(f"cannot write to {existing}; choose a writable -o")
-    if existing != parent and not existing.is_dir():
-        raise Glm4EdgeError(f"{existing} is a file; choose another -o")
 
 
 def check_resources(source_bytes: int, parent: Path) -> None:
@@ -323,15 +324,31 @@ def prepare_source(source: families.SourceInfo, staged: Path, lora, options: Con
 
 # --- export and compression -----------------------------------------------------------------------
 
-def export_ir(folder: Path, out: Path) -> None:
+def export_ir(folder: Path, out: Path, fp16: bool) -> None:
     from optimum.exporters.openvino import main_export
     from optimum.intel import OVConfig
 
     # An explicit OVConfig without quantization stops optimum from INT8-compressing >1B models on its
     # own: compression is done once, below, with the settings the user chose.
-    main_export(str(folder), out, task="text-generation-with-past", ov_config=OVConfig(),
-                convert_tokenizer=True, library_name="transformers")
+    with warnings.catch_warnings(), _quiet_transformers():
+        warnings.simplefilter("ignore")  # torch.jit tracer chatter that users cannot act on
+        main_export(str(folder), out, task="text-generation-with-past", ov_config=OVConfig(dtype="fp16" if fp16 else None),
+                    convert_tokenizer=True, library_name="transformers")
     gc.collect()
+
+
+@contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        hf_logging.enable_progress_bar()
 
 
 def compress_ir(out: Path, source_folder: Path, settings: presets.CompressionSettings) -> None:

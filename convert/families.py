@@ -215,10 +215,12 @@ def legacy_tokenizer(folder: Path):
     ranks = sum(1 for line in (folder / "tokenizer.model").read_text().splitlines() if line.strip())
     specials = list(SPECIAL_TOKENS) + list(LEGACY_EXTRA_SPECIALS)
     converter = TikTokenConverter(vocab_file=str(folder / "tokenizer.model"), pattern=GLM4_SPLIT_PATTERN,
-                                  additional_special_tokens=[])
-    tokenizer = converter.converted()
-    added = tokenizer.add_special_tokens(specials)
-    if added != len(specials) or tokenizer.token_to_id(specials[0]) != ranks:
+                                  extra_special_tokens=specials)
+    try:
+        tokenizer = converter.converted()
+    except (ValueError, KeyError) as error:
+        raise ModelFormatError(f"{folder}/tokenizer.model is not a readable tiktoken file ({error})") from None
+    if tokenizer.token_to_id(specials[0]) != ranks:
         raise ModelFormatError(f"{folder}/tokenizer.model does not have GLM-4's layout "
                                "(special tokens must follow the BPE ranks)")
     tokenizer_config = {}

@@ -109,7 +109,7 @@ def build_tokenizer(vocab_size: int = 1000, extra_corpus: Iterable[str] = ()):
 
 
 def chat_template(reasoning: bool = False) -> str:
-    suffix = "\\n<think>" if reasoning else ""
+    suffix = "\n<think>" if reasoning else ""
     return CHAT_TEMPLATE.replace("{{ generation_suffix }}", suffix)
 
 

@@ -44,8 +44,14 @@ def _version() -> str:
         return "dev"
 
 
-def _terminate(signum, frame):
-    # SIGTERM unwinds like Ctrl-C so `finally` blocks remove temporary folders.
+_signalled = False
+
+
+def _interrupt(signum, frame):
+    # SIGTERM unwinds like Ctrl-C so `finally` blocks remove temporary folders. The flag remembers
+    # it, since a library may turn the KeyboardInterrupt into an error of its own on the way up.
+    global _signalled
+    _signalled = True
     raise KeyboardInterrupt
 
 
@@ -55,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verb:
         parser.print_help()
         return EXIT_USAGE
-    signal.signal(signal.SIGTERM, _terminate)
+    # A shell starts background jobs with SIGINT ignored, and Python then never installs its handler.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         return int(args.run(args) or 0)
     except Glm4EdgeError as error:
@@ -64,6 +72,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"glm4-edge {args.verb}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        if _signalled or _interrupted(error):
+            print(f"glm4-edge {args.verb}: interrupted", file=sys.stderr)
+            return 130
+        raise
+
+
+def _interrupted(error: BaseException | None) -> bool:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 if __name__ == "__main__":
