@@ -261,7 +261,8 @@ def _byte_decoder() -> dict[str, int]:
 
 
 def build_scripted_checkpoint(folder: Path, pieces: list[str | bytes], end: str | None = "<|user|>",
-                              loop: bool = False, family: str = "glm4", reasoning: bool = False) -> Path:
+                              loop: bool = False, family: str = "glm4", reasoning: bool = False,
+                              start: str = "<|assistant|>") -> Path:
     """A checkpoint whose greedy answer is always `pieces`: deterministic output for end-to-end tests.
 
     Every layer's output projection is zero, so the logits depend on the last token alone, and
@@ -269,13 +270,14 @@ def build_scripted_checkpoint(folder: Path, pieces: list[str | bytes], end: str 
     (added if the vocabulary lacks it); a bytes piece of one byte is that raw byte-level token, which
     is how a test gets a Chinese character split across tokens. Pieces must be distinct tokens.
     With `loop`, the script repeats forever (for cancellation tests); else it ends with `end`.
+    `start` is the prompt's last token (`<think>` when the template opens the think block).
     """
     import torch
     from safetensors.torch import load_file, save_file
 
     tokenizer = build_tokenizer()
     vocab = tokenizer.get_vocab()
-    new_tokens = [p for p in pieces if isinstance(p, str) and p not in vocab]
+    new_tokens = [p for p in [*pieces, start] if isinstance(p, str) and p not in vocab]
     tokenizer.add_tokens(new_tokens)
     byte_to_char = {byte: char for char, byte in _byte_decoder().items()}
     ids = []
@@ -286,8 +288,7 @@ def build_scripted_checkpoint(folder: Path, pieces: list[str | bytes], end: str 
             ids.append(tokenizer.convert_tokens_to_ids(byte_to_char[piece[0]]))
         else:
             ids.append(tokenizer.convert_tokens_to_ids(piece))
-    start = tokenizer.convert_tokens_to_ids("<|assistant|>")
-    chain = [start] + ids
+    chain = [tokenizer.convert_tokens_to_ids(start)] + ids
     if not loop and end:
         chain.append(tokenizer.convert_tokens_to_ids(end))
     if len(set(chain)) != len(chain):

@@ -162,6 +162,8 @@ class StopMatcher:
         self.stopped = False
 
     def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""  # text already in flight after the stop string is dropped
         if not self.stops:
             return text
         self.pending += text

@@ -92,3 +92,13 @@ def loop_model(workdir) -> Path:
 
     source = build_scripted_checkpoint(workdir / "loop", LOOP_PIECES, loop=True)
     return _convert(source, workdir / "loop-fp16-ov", weight_format="fp16")
+
+
+@pytest.fixture(scope="session")
+def z1_model(workdir) -> Path:
+    """A Z1-style template whose prompt already opens `<think>`: the answer starts inside reasoning."""
+    from glm4_edge.convert.synthetic import build_scripted_checkpoint
+
+    source = build_scripted_checkpoint(workdir / "GLM-Z1-scripted", ["让我想想", "</think>", "\n", "Done", "!"],
+                                       reasoning=True, start="<think>")
+    return _convert(source, workdir / "z1-scripted-fp16-ov", weight_format="fp16")
