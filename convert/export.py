@@ -332,8 +332,9 @@ def export_ir(folder: Path, out: Path, fp16: bool) -> None:
     # own: compression is done once, below, with the settings the user chose.
     with warnings.catch_warnings(), _quiet_transformers():
         warnings.simplefilter("ignore")  # torch.jit tracer chatter that users cannot act on
-        main_export(str(folder), out, task="text-generation-with-past", ov_config=OVConfig(dtype="fp16" if fp16 else None),
-                    convert_tokenizer=True, library_name="transformers")
+        main_export(str(folder), out, task="text-generation-with-past",
+                    ov_config=OVConfig(dtype="fp16" if fp16 else None), convert_tokenizer=True,
+                    library_name="transformers")
     gc.collect()
 
 

@@ -28,7 +28,8 @@ CHAT_TEMPLATE = (
     "[gMASK]<sop>"
     "{%- if tools -%}<|system|>\n# 可用工具\n"
     "{%- for tool in tools %}{%- set function = tool.function if tool.function is defined else tool %}"
-    "\n\n## {{ function.name }}\n\n{{ function | tojson(indent=4) }}\n在调用上述函数时，请使用 Json 格式表示调用的参数。"
+    "\n\n## {{ function.name }}\n\n{{ function | tojson(indent=4) }}\n"
+    "在调用上述函数时，请使用 Json 格式表示调用的参数。"
     "{%- endfor %}{%- endif -%}"
     "{%- for message in messages -%}"
     "{%- if message.role == 'system' -%}<|system|>\n{{ message.content }}"
@@ -117,7 +118,7 @@ def build_checkpoint(folder: Path, family: str = "glm4", shape: Shape = TINY, se
                      reasoning: bool = False, dtype: str = "float32", tokenizer=None) -> Path:
     """Write a random-weight `glm4` or `glm` checkpoint (config, safetensors, tokenizer) to `folder`."""
     import torch
-    from transformers import AutoModelForCausalLM, Glm4Config, GlmConfig, GenerationConfig
+    from transformers import AutoModelForCausalLM, GenerationConfig, Glm4Config, GlmConfig
 
     folder = Path(folder)
     tokenizer = tokenizer or build_tokenizer()

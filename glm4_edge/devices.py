@@ -39,7 +39,7 @@ def describe_devices() -> list[DeviceInfo]:
     core = _core()
     infos = []
     for name in core.available_devices:
-        def prop(key: str, default: Any = "") -> Any:
+        def prop(key: str, default: Any = "", name: str = name) -> Any:
             try:
                 return core.get_property(name, key)
             except Exception:  # a plugin may not implement every property
