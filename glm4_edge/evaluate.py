@@ -1,0 +1,268 @@
+"""`glm4-edge eval`: task accuracy, and how far a (compressed) model drifts from its reference.
+
+Agreement follows the who-what-benchmark idea: on the same token sequences, compare next-token
+distributions (top-1 agreement, mean KL divergence, perplexity ratio), and compare greedy answers.
+Answer similarity is a character-level ratio (difflib) rather than an embedding model's cosine,
+because an embedding model would have to be downloaded and this command runs offline.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import glm_format
+from .errors import Glm4EdgeError, ModelFormatError
+
+DEFAULT_CASES_PER_TASK = 100
+MAX_AGREEMENT_TEXTS = 64
+MAX_ANSWER_TOKENS = 48
+
+
+@dataclass
+class Case:
+    task: str
+    messages: list[dict[str, Any]]
+    expected: str
+
+
+@dataclass
+class TaskScore:
+    task: str
+    correct: int
+    total: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+
+@dataclass
+class Agreement:
+    texts: int
+    tokens: int
+    top1_agreement: float
+    mean_kl: float
+    perplexity: float
+    reference_perplexity: float
+    answer_similarity: float
+
+    @property
+    def perplexity_ratio(self) -> float:
+        return self.perplexity / self.reference_perplexity
+
+
+@dataclass
+class EvalReport:
+    model: str
+    reference: str | None
+    tasks: list[TaskScore] = field(default_factory=list)
+    agreement: Agreement | None = None
+    size_bytes: int = 0
+    decode_tokens_per_s: float | None = None
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for score, entry in zip(self.tasks, data["tasks"], strict=True):
+            entry["accuracy"] = round(score.accuracy, 4)
+        if self.agreement:
+            data["agreement"]["perplexity_ratio"] = round(self.agreement.perplexity_ratio, 4)
+        return data
+
+
+# --- models under test: OpenVINO folders or Hugging Face checkpoints ------------------------------
+
+class OpenVINOEngine:
+    """A converted folder: answers through `glm4_edge.Model`, logits straight from the IR."""
+
+    def __init__(self, folder: Path, device: str = "CPU"):
+        from .model import load
+
+        self.folder = folder
+        self.model = load(folder, device)
+        self._request = None
+
+    def encode(self, text: str) -> list[int]:
+        return [int(i) for i in self.model.tokenizer.encode(text, add_special_tokens=False).input_ids.data[0]]
+
+    def answer(self, messages: list[dict]) -> tuple[str, float | None]:
+        reply = self.model.generate(messages, temperature=0.0, max_new_tokens=MAX_ANSWER_TOKENS)
+        return reply.text, reply.stats.tokens_per_s
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        if self._request is None:
+            import openvino as ov
+
+            compiled = ov.Core().compile_model(self.folder / "openvino_model.xml", "CPU",
+                                               {"INFERENCE_PRECISION_HINT": "f32"})
+            self._request = compiled.create_infer_request()
+            self._inputs = {port.get_any_name() for port in compiled.inputs}
+        inputs = {"input_ids": np.array([ids], dtype=np.int64),
+                  "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
+        if "position_ids" in self._inputs:
+            inputs["position_ids"] = np.arange(len(ids), dtype=np.int64)[None]
+        if "beam_idx" in self._inputs:
+            inputs["beam_idx"] = np.zeros((1,), dtype=np.int32)
+        self._request.reset_state()
+        return np.array(self._request.infer(inputs)["logits"][0], dtype=np.float32)
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.folder.glob("openvino_model.*"))
+
+
+class TorchEngine:
+    """A Hugging Face checkpoint run by PyTorch (needs the [convert] extra): the reference."""
+
+    def __init__(self, folder: Path):
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers.utils import logging as hf_logging
+        except ImportError:
+            raise Glm4EdgeError("a Hugging Face reference needs PyTorch: pip install 'glm4-edge[convert]'") from None
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        self.torch = torch
+        self.folder = folder
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        eos = self.model.generation_config.eos_token_id
+        self.stop_ids = eos if isinstance(eos, list) else [eos]
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def answer(self, messages: list[dict]) -> tuple[str, float | None]:
+        ids = self.encode(glm_format.render_prompt(messages))
+        with self.torch.no_grad():
+            tensor = self.torch.tensor([ids])
+            out = self.model.generate(tensor, attention_mask=self.torch.ones_like(tensor), do_sample=False,
+                                      max_new_tokens=MAX_ANSWER_TOKENS, eos_token_id=self.stop_ids,
+                                      pad_token_id=self.stop_ids[0])
+        text = self.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+        return glm_format.split_reasoning(text)[1], None
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        with self.torch.no_grad():
+            return self.model(self.torch.tensor([ids])).logits[0].float().numpy()
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.folder.glob("*.safetensors"))
+
+
+def open_engine(path: Path, device: str = "CPU"):
+    path = Path(path)
+    if (path / "openvino_model.xml").is_file():
+        return OpenVINOEngine(path, device)
+    if (path / "config.json").is_file():
+        return TorchEngine(path)
+    raise ModelFormatError(f"{path} is neither a converted model folder nor a Hugging Face checkpoint")
+
+
+# --- cases ----------------------------------------------------------------------------------------
+
+def builtin_cases(per_task: int, seed: int | None = None) -> list[Case]:
+    """Held-out cases of the tiny model's curriculum, drawn from a seed its training never used."""
+    from . import tiny_tasks
+
+    seed = tiny_tasks.HELD_OUT_SEED if seed is None else seed
+    cases = []
+    for make in (tiny_tasks.addition_cases, tiny_tasks.recall_cases):
+        for case in make(seed, per_task):
+            cases.append(Case(case["task"], case["messages"], case["expected"]))
+    return cases
+
+
+def file_cases(path: Path) -> list[Case]:
+    """JSONL lines: {"prompt" | "messages", "expected": substring, "task"?}."""
+    if not path.is_file():
+        raise Glm4EdgeError(f"--tasks {path}: no such file; use 'builtin' or a .jsonl file")
+    cases = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            messages = record.get("messages") or [{"role": "user", "content": record["prompt"]}]
+            cases.append(Case(str(record.get("task", "file")), messages, str(record["expected"])))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise Glm4EdgeError(f"--tasks {path}:{number}: needs 'prompt' or 'messages' and 'expected'") from None
+    if not cases:
+        raise Glm4EdgeError(f"--tasks {path} holds no cases")
+    return cases
+
+
+def agreement_texts(cases: list[Case], answers: list[str]) -> list[str]:
+    """Prompts followed by the reference's own answers: the text whose next tokens are compared."""
+    return [glm_format.render_prompt(case.messages) + "\n" + answer
+            for case, answer in zip(cases, answers, strict=True)][:MAX_AGREEMENT_TEXTS]
+
+
+# --- metrics --------------------------------------------------------------------------------------
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def compare_logits(model, reference, texts: list[str]) -> tuple[int, float, float, float, float]:
+    """(tokens, top-1 agreement, mean KL(reference || model), perplexity, reference perplexity)."""
+    agree = tokens = 0
+    kl_sum = nll = nll_reference = 0.0
+    for text in texts:
+        ids = reference.encode(text)
+        if len(ids) < 2:
+            continue
+        got, want = _log_softmax(model.logits(ids)), _log_softmax(reference.logits(ids))
+        vocab = min(got.shape[-1], want.shape[-1])
+        got, want = got[:-1, :vocab], want[:-1, :vocab]
+        targets = np.array(ids[1:])
+        agree += int((got.argmax(-1) == want.argmax(-1)).sum())
+        kl_sum += float((np.exp(want) * (want - got)).sum())
+        nll -= float(got[np.arange(len(targets)), targets].sum())
+        nll_reference -= float(want[np.arange(len(targets)), targets].sum())
+        tokens += len(targets)
+    if not tokens:
+        raise Glm4EdgeError("no text to compare: the cases rendered to fewer than 2 tokens")
+    return tokens, agree / tokens, kl_sum / tokens, float(np.exp(nll / tokens)), float(np.exp(nll_reference / tokens))
+
+
+def similarity(a: str, b: str) -> float:
+    return difflib.SequenceMatcher(None, a, b).ratio()
+
+
+def evaluate(model_path: Path, reference_path: Path | None = None, tasks: str = "builtin",
+             cases_per_task: int = DEFAULT_CASES_PER_TASK, device: str = "CPU") -> EvalReport:
+    started = time.perf_counter()
+    cases = builtin_cases(cases_per_task) if tasks == "builtin" else file_cases(Path(tasks))
+    model = open_engine(model_path, device)
+    report = EvalReport(model=str(model_path), reference=str(reference_path) if reference_path else None,
+                        size_bytes=model.size_bytes())
+    answers, rates = [], []
+    scores: dict[str, TaskScore] = {}
+    for case in cases:
+        text, rate = model.answer(case.messages)
+        answers.append(text)
+        if rate:
+            rates.append(rate)
+        score = scores.setdefault(case.task, TaskScore(case.task, 0, 0))
+        score.total += 1
+        score.correct += int(case.expected in text)
+    report.tasks = list(scores.values())
+    report.decode_tokens_per_s = float(np.median(rates)) if rates else None
+    if reference_path is not None:
+        reference = open_engine(reference_path, device)
+        reference_answers = [reference.answer(case.messages)[0] for case in cases]
+        texts = agreement_texts(cases, reference_answers)
+        tokens, top1, kl, ppl, ppl_reference = compare_logits(model, reference, texts)
+        similar = float(np.mean([similarity(a, b) for a, b in zip(answers, reference_answers, strict=True)]))
+        report.agreement = Agreement(len(texts), tokens, top1, kl, ppl, ppl_reference, similar)
+    report.seconds = time.perf_counter() - started
+    return report
