@@ -27,9 +27,8 @@ def build(layers: int) -> Path:
     if (folder / "config.json").is_file():
         return folder
     import torch
-    from transformers import AutoModelForCausalLM, Glm4Config
-
     from glm4_edge.convert.synthetic import GLM4_9B, build_tokenizer
+    from transformers import AutoModelForCausalLM, Glm4Config
 
     shape = dataclasses.replace(GLM4_9B, num_hidden_layers=layers)
     tokenizer = build_tokenizer()

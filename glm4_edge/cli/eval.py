@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
         a = report.agreement
         table.add_row("top-1 agreement", f"{a.top1_agreement:.1%}")
         table.add_row("mean KL divergence", f"{a.mean_kl:.4f}")
-        table.add_row("perplexity ratio", f"{a.perplexity_ratio:.3f} ({a.perplexity:.2f} / {a.reference_perplexity:.2f})")
+        ratio = f"{a.perplexity_ratio:.3f} ({a.perplexity:.2f} / {a.reference_perplexity:.2f})"
+        table.add_row("perplexity ratio", ratio)
         table.add_row("answer similarity", f"{a.answer_similarity:.1%}")
     table.add_row("size on disk", f"{report.size_bytes / 1e6:,.1f} MB")
     if report.decode_tokens_per_s:
