@@ -1,0 +1,351 @@
+"""Parallel decoding for the server: `openvino_genai.ContinuousBatchingPipeline` driven by one thread.
+
+`LLMPipeline` decodes one request at a time (`Model` holds a lock around it). A continuous-batching
+pipeline puts every running request into each `step()` and, with prefix caching, reuses the KV
+blocks of a prompt prefix another request already computed. One engine thread owns the pipeline:
+it adds requests, steps, and feeds each request's new token ids to its own `IncrementalDecoder`
+(TextStreamer's algorithm, which LLMPipeline streams through). The requesting thread then applies
+`glm_format.StopMatcher` and `ReplyParser` exactly as `Model._stream` does, so a batched answer is
+the same text, chunk for chunk, as the single-stream one.
+
+`BatchedModel` is a `Model` whose generations go through the engine instead of the lock, so
+`stream`, `generate`, `chat` and `warm_up` all work unchanged and in parallel.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from . import devices, glm_format
+from .errors import Glm4EdgeError, ModelFormatError
+from .manifest import read_manifest
+from .model import DEFAULT_DEVICE, REQUIRED_FILES, Chunk, Model
+
+BATCHING_DEVICES = ("CPU", "GPU")
+ENGINE_IDLE_WAIT_S = 1.0  # the engine thread sleeps on a condition; this only bounds a missed wake-up
+DECODE_DELAY_TOKENS = 3  # as TextStreamer: a later token can still change how earlier ones decode
+REPLACEMENT_CHAR = "\ufffd"
+
+
+class IncrementalDecoder:
+    """openvino_genai.TextStreamer's algorithm, on Python strings.
+
+    TextStreamer itself hands its callback byte slices that can split a UTF-8 character when a model
+    writes invalid byte sequences (random or badly tuned weights), and its Python binding then raises
+    UnicodeDecodeError inside the engine thread. `Tokenizer.decode` replaces such bytes with U+FFFD,
+    so the same algorithm over its output cannot fail, and gives the same pieces for valid text.
+    """
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self._cache: list[int] = []
+        self._lengths: list[int] = []  # decoded length after each cached token; -1: ended mid-character
+        self._printed = 0
+
+    def write(self, token_ids: list[int]) -> str:
+        return "".join(self._one(token) for token in token_ids)
+
+    def _one(self, token: int) -> str:
+        self._cache.append(token)
+        text = self._tokenizer.decode(self._cache)
+        self._lengths.append(len(text))
+        if text.endswith("\n") and len(text) > self._printed:  # a finished line: start afresh
+            out = text[self._printed:]
+            self._reset()
+            return out
+        if len(self._lengths) < DECODE_DELAY_TOKENS:
+            return ""
+        if text.endswith(REPLACEMENT_CHAR):  # an incomplete character: wait for its other bytes
+            self._lengths[-1] = -1
+            return ""
+        until = self._lengths[-DECODE_DELAY_TOKENS]
+        if until != -1 and until > self._printed:
+            out = text[self._printed:until]
+            self._printed = until
+            return out
+        return ""
+
+    def end(self) -> str:
+        text = self._tokenizer.decode(self._cache) if self._cache else ""
+        out = text[self._printed:]
+        self._reset()
+        return out
+
+    def _reset(self) -> None:
+        self._cache, self._lengths, self._printed = [], [], 0
+
+
+@dataclass
+class _Done:
+    perf_metrics: Any = None
+    cancelled: bool = False
+    error: BaseException | None = None
+
+
+@dataclass
+class _Request:
+    id: int
+    inputs: Any  # openvino.Tensor of input ids
+    config: Any  # openvino_genai.GenerationConfig
+    cancel: threading.Event
+    stop_requested: threading.Event = field(default_factory=threading.Event)  # a stop string matched
+    pieces: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)  # text, then one _Done
+    handle: Any = None
+    decoder: IncrementalDecoder | None = None
+    stopping: bool = False
+
+
+class BatchingEngine:
+    """Owns a ContinuousBatchingPipeline; any thread may `submit`, only the engine thread touches it."""
+
+    def __init__(self, pipeline, tokenizer):
+        import openvino_genai
+
+        self._pipeline = pipeline
+        self._tokenizer = tokenizer
+        self._running_status = openvino_genai.GenerationStatus.RUNNING
+        self._ids = itertools.count()
+        self._pending: list[_Request] = []
+        self._active: dict[int, _Request] = {}
+        self._wake = threading.Condition()
+        self._closed = False
+        self.failure: str | None = None  # set when a step failed: the pipeline takes no more work
+        self._thread = threading.Thread(target=self._run, name="glm4-edge-batching", daemon=True)
+        self._thread.start()
+
+    def submit(self, inputs, config, cancel: threading.Event | None = None) -> _Request:
+        request = _Request(next(self._ids), inputs, config, cancel or threading.Event())
+        with self._wake:
+            if self.failure is not None:
+                raise Glm4EdgeError(f"the batching engine stopped after an error ({self.failure}); "
+                                    "restart the server")
+            if self._closed:
+                raise Glm4EdgeError("the batching engine is closed")
+            self._pending.append(request)
+            self._wake.notify()
+        return request
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join()
+
+    @property
+    def active(self) -> int:
+        return len(self._active) + len(self._pending)
+
+    # --- engine thread ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as error:  # never leave requests waiting on a dead thread
+            self._fail(error)
+            raise
+
+    def _fail(self, error: BaseException) -> None:
+        with self._wake:
+            text = str(error).strip()
+            self.failure = text.splitlines()[0][-300:] if text else type(error).__name__
+            self._closed = True
+            stranded, self._pending = [*self._active.values(), *self._pending], []
+        self._active.clear()
+        for request in stranded:
+            request.pieces.put(_Done(error=error))
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._pending and not self._active and not self._closed:
+                    self._wake.wait(ENGINE_IDLE_WAIT_S)
+                if self._closed:
+                    break
+                new, self._pending = self._pending, []
+            for request in new:
+                self._add(request)
+            for request in self._active.values():
+                if not request.stopping and (request.cancel.is_set() or request.stop_requested.is_set()):
+                    request.handle.stop()  # within a step: the pipeline frees its KV blocks
+                    request.stopping = True
+            if not self._active:
+                continue
+            try:
+                self._pipeline.step()
+            except Exception as error:
+                # A failed step leaves ContinuousBatchingPipeline mid-schedule: it refuses every later
+                # call. Fail what is running and queued, and refuse new work, so the server reports it.
+                self._fail(error)
+                return
+            self._collect()
+        for request in [*self._pending, *self._active.values()]:
+            request.pieces.put(_Done(cancelled=True))
+
+    def _add(self, request: _Request) -> None:
+        if request.cancel.is_set():
+            request.pieces.put(_Done(cancelled=True))
+            return
+        try:
+            request.handle = self._pipeline.add_request(request.id, request.inputs, request.config)
+        except Exception as error:  # e.g. a JSON schema the grammar compiler rejects
+            request.pieces.put(_Done(error=error))
+            return
+
+        request.decoder = IncrementalDecoder(self._tokenizer)
+        self._active[request.id] = request
+
+    def _collect(self) -> None:
+        finished = []
+        for request in self._active.values():
+            handle = request.handle
+            try:
+                if handle.can_read():
+                    for output in handle.read().values():
+                        text = request.decoder.write(list(output.generated_ids))
+                        if text:
+                            request.pieces.put(text)
+                if handle.get_status() != self._running_status:
+                    finished.append((request, None))
+            except Exception as error:  # this request's output is unusable; the batch goes on
+                handle.stop()
+                finished.append((request, error))
+        for request, error in finished:
+            del self._active[request.id]
+            if error is not None:
+                request.pieces.put(_Done(error=error))
+                continue
+            if not request.stopping:
+                tail = request.decoder.end()  # text held back in case the next token changed it
+                if tail:
+                    request.pieces.put(tail)
+            request.pieces.put(_Done(perf_metrics=request.handle.get_perf_metrics(),
+                                     cancelled=request.cancel.is_set()))
+
+
+class _PipelineView:
+    """What `Model` asks of its pipeline, answered by the continuous-batching one."""
+
+    def __init__(self, pipeline):
+        self._pipeline = pipeline
+
+    def get_tokenizer(self):
+        return self._pipeline.get_tokenizer()
+
+    def get_generation_config(self):
+        return self._pipeline.get_config()
+
+    def generate(self, *args, **kwargs):
+        raise Glm4EdgeError("a batched model generates through BatchedModel.stream")
+
+
+class BatchedModel(Model):
+    """A `Model` whose generations run side by side in a `BatchingEngine` (no per-model lock)."""
+
+    def __init__(self, engine: BatchingEngine, *args: Any):
+        super().__init__(*args)
+        self.engine = engine
+
+    def generate_batch(self, conversations, **options):  # noqa: D102
+        return [self.generate(messages, **options) for messages in conversations]
+
+    def _stream(self, inputs, prompt_tokens: int, config, stops: list[str], tool_names: list[str],
+                cancel: threading.Event | None, parse: bool = True) -> Iterator[Chunk]:
+        """`Model._stream`, but fed by the engine; parse=False gives the raw text (completions)."""
+        matcher = glm_format.StopMatcher(stops)
+        parser = glm_format.ReplyParser(tool_names=tool_names, in_reasoning=self.starts_in_reasoning)
+        started = time.perf_counter()
+        request = self.engine.submit(inputs.input_ids, config, cancel)
+        done: _Done | None = None
+        try:
+            while True:
+                item = request.pieces.get()
+                if isinstance(item, _Done):
+                    done = item
+                    break
+                if matcher.stopped:
+                    continue  # tokens decoded in the step that saw the stop string: drop them
+                visible = matcher.feed(item)
+                if matcher.stopped:
+                    request.stop_requested.set()
+                if not parse:
+                    if visible:
+                        yield Chunk(text=visible)
+                    continue
+                piece = parser.feed(visible)
+                if piece.text or piece.reasoning:
+                    yield Chunk(text=piece.text, reasoning=piece.reasoning)
+        finally:
+            if done is None:
+                request.cancel.set()  # the consumer left early: the engine stops it at its next step
+        if done.error is not None:
+            raise done.error
+        tail_text = matcher.flush() if not matcher.stopped else ""
+        stats = self._stats(SimpleNamespace(perf_metrics=done.perf_metrics), prompt_tokens,
+                            time.perf_counter() - started)
+        if not parse:
+            tail, calls = glm_format.ParsedPiece(text=tail_text), []
+        else:
+            tail = parser.feed(tail_text)
+            rest, calls = parser.finish()
+            tail = glm_format.ParsedPiece(tail.text + rest.text, tail.reasoning + rest.reasoning)
+        if done.cancelled:
+            reason = "cancelled"
+        elif calls:
+            reason = "tool_calls"
+        elif not matcher.stopped and stats.generated_tokens >= config.max_new_tokens:
+            reason = "length"
+        else:
+            reason = "stop"
+        yield Chunk(text=tail.text, reasoning=tail.reasoning, finish_reason=reason,
+                    tool_calls=[c.as_dict() for c in calls] or None, stats=stats)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def load_batched(path: str | Path, device: str = DEFAULT_DEVICE, *, cache: bool = True,
+                 warm_up: bool = False, properties: dict[str, Any] | None = None) -> BatchedModel:
+    """Like `glm4_edge.load`, on a ContinuousBatchingPipeline with prefix caching (CPU or GPU)."""
+    from .model import _config_context, _template_prefix
+
+    folder = Path(path).expanduser()
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if not folder.is_dir() or missing:
+        raise ModelFormatError(f"{folder} is not an OpenVINO model folder; convert one with "
+                               "`glm4-edge convert`")
+    manifest = read_manifest(folder)
+    device = devices.check_device(device)
+    base = device.split(".")[0].split(":")[0]
+    if base not in BATCHING_DEVICES:
+        raise Glm4EdgeError(f"parallel decoding runs on CPU or GPU, not {device}; use --max-concurrency 1")
+    props = devices.pipeline_properties(device, manifest, folder, cache=cache)
+    props.update(properties or {})
+    import openvino_genai
+
+    scheduler = openvino_genai.SchedulerConfig()
+    scheduler.enable_prefix_caching = True  # requests sharing a system prompt or history reuse its KV blocks
+    started = time.perf_counter()
+    try:
+        pipeline = openvino_genai.ContinuousBatchingPipeline(str(folder), scheduler, device, props)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise Glm4EdgeError(f"OpenVINO could not load {folder} on {device}: {first[:300]}") from None
+    load_s = time.perf_counter() - started
+    view = _PipelineView(pipeline)
+    context = manifest.context_length if manifest and manifest.context_length else _config_context(folder)
+    prefix = manifest.generation_prefix if manifest else _template_prefix(view)
+    stop_ids = list(manifest.stop_token_ids) if manifest and manifest.stop_token_ids else sorted(
+        pipeline.get_config().stop_token_ids)
+    engine = BatchingEngine(pipeline, pipeline.get_tokenizer())
+    model = BatchedModel(engine, folder, device, view, manifest, load_s, context, prefix, stop_ids)
+    if warm_up:
+        model.warm_up()
+    return model

@@ -1,0 +1,1308 @@
+"""OpenAI-compatible HTTP server for one converted GLM-4 model (`glm4-edge serve`).
+
+Starlette + uvicorn. Every generation runs `Model.stream` (or, for raw completions and constrained
+decoding, the prompt-level path below) in a worker thread and reaches the event loop through an
+asyncio queue. The port is bound before the model loads, so `/health` answers 503 while loading.
+A request waits for one of `max_concurrency` slots; the slot is released only when its worker
+thread has really finished, so a client that left cannot leave a generation running behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import math
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import glm_format
+from .batching import BatchedModel
+from .errors import BadParameterError, ContextOverflowError, Glm4EdgeError
+from .model import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Chunk, GenerationStats, Model
+from .streaming import CallbackStream
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_MAX_CONCURRENCY = 1  # LLMPipeline decodes one request at a time; `serve` batches above 1
+DEFAULT_MAX_BODY_BYTES = 8 * 2**20  # ~2M tokens of text: far beyond any context, small enough to buffer
+API_KEY_ENV = "GLM4_EDGE_API_KEY"
+SHUTDOWN_GRACE_S = 5
+MAX_STOP_STRINGS = 16
+OWNER = "glm4-edge"
+# A child of uvicorn's logger: our lines share its handler, format and --log-level.
+LOG = logging.getLogger("uvicorn.error.glm4_edge")
+
+TTFT_BUCKETS_S = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+TOKENS_PER_S_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+QUEUE_WAIT_BUCKETS_S = (0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0)
+
+# Fields that change the answer but have no GLM-4/OpenVINO equivalent: refused, never ignored.
+UNSUPPORTED_WHEN_SET = ("logit_bias", "logprobs", "top_logprobs", "audio", "prediction", "echo", "suffix")
+
+
+# --- errors ------------------------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error", headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+def bad_param(param: str, message: str, code: str = "invalid_value") -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+# Model.stream names options as the Python API does; clients know OpenAI's names.
+_OPENAI_PARAM = {"max_new_tokens": "max_tokens"}
+
+
+def _from_glm4_edge_error(error: Glm4EdgeError) -> ApiError:
+    if isinstance(error, ContextOverflowError):
+        return ApiError(400, f"This model's maximum context length is {error.context} tokens; the prompt has "
+                             f"{error.prompt_tokens} tokens and max_tokens is {error.max_new_tokens} "
+                             f"({error.prompt_tokens + error.max_new_tokens} in all). Shorten the prompt or "
+                             "lower max_tokens.", param="messages", code="context_length_exceeded")
+    if isinstance(error, BadParameterError):
+        param = _OPENAI_PARAM.get(error.param or "", error.param)
+        return ApiError(400, str(error), param=param, code="invalid_value")
+    return ApiError(400, str(error))
+
+
+# --- metrics -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Histogram:
+    buckets: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)  # cumulative, one per bucket
+    total: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * len(self.buckets)
+
+    def observe(self, value: float) -> None:
+        for index, bound in enumerate(self.buckets):
+            if value <= bound:
+                self.counts[index] += 1
+        self.total += value
+        self.count += 1
+
+    def lines(self, name: str, help_text: str) -> list[str]:
+        out = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+        pairs = zip(self.buckets, self.counts, strict=True)
+        out += [f'{name}_bucket{{le="{bound:g}"}} {n}' for bound, n in pairs]
+        out += [f'{name}_bucket{{le="+Inf"}} {self.count}', f"{name}_sum {self.total:.6f}",
+                f"{name}_count {self.count}"]
+        return out
+
+
+class Metrics:
+    """Prometheus text exposition, hand-written: a few counters, gauges and histograms."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # worker threads record generations, the loop records requests
+        self.in_flight = 0
+        self.queued = 0
+        self.model_ready = 0
+        self.requests: dict[tuple[str, int], int] = {}
+        self.prompt_tokens = 0
+        self.generated_tokens = 0
+        self.generations = 0
+        self.cancelled = 0
+        self.ttft = Histogram(TTFT_BUCKETS_S)
+        self.tokens_per_s = Histogram(TOKENS_PER_S_BUCKETS)
+        self.queue_wait = Histogram(QUEUE_WAIT_BUCKETS_S)
+
+    def add(self, name: str, delta: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + delta)
+
+    def request_done(self, path: str, status: int) -> None:
+        with self._lock:
+            self.requests[(path, status)] = self.requests.get((path, status), 0) + 1
+
+    def waited(self, seconds: float) -> None:
+        with self._lock:
+            self.queue_wait.observe(seconds)
+
+    def generation_done(self, stats: GenerationStats | None, cancelled: bool) -> None:
+        with self._lock:
+            self.generations += 1
+            self.cancelled += int(cancelled)
+            if stats is None:
+                return
+            self.prompt_tokens += stats.prompt_tokens
+            self.generated_tokens += stats.generated_tokens
+            if stats.ttft_s is not None:
+                self.ttft.observe(stats.ttft_s)
+            if stats.tokens_per_s:
+                self.tokens_per_s.observe(stats.tokens_per_s)
+
+    def render(self) -> str:
+        with self._lock:
+            out: list[str] = []
+
+            def scalar(name: str, kind: str, help_text: str, value: float) -> None:
+                out.extend([f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"])
+
+            scalar("glm4_edge_model_ready", "gauge", "1 once the model is loaded.", self.model_ready)
+            scalar("glm4_edge_requests_in_flight", "gauge", "Generations running now.", self.in_flight)
+            scalar("glm4_edge_requests_queued", "gauge", "Requests waiting for a generation slot.",
+                   self.queued)
+            out += ["# HELP glm4_edge_requests_total HTTP requests answered, by path and status.",
+                    "# TYPE glm4_edge_requests_total counter"]
+            out += [f'glm4_edge_requests_total{{path="{path}",status="{status}"}} {n}'
+                    for (path, status), n in sorted(self.requests.items())]
+            scalar("glm4_edge_generations_total", "counter", "Generations finished (any reason).",
+                   self.generations)
+            scalar("glm4_edge_generations_cancelled_total", "counter",
+                   "Generations stopped because the client left.", self.cancelled)
+            scalar("glm4_edge_prompt_tokens_total", "counter", "Prompt tokens processed.", self.prompt_tokens)
+            scalar("glm4_edge_generated_tokens_total", "counter",
+                   "Tokens generated (counted when each generation ends).", self.generated_tokens)
+            out += self.ttft.lines("glm4_edge_time_to_first_token_seconds",
+                                   "Time from generation start to the first token.")
+            out += self.tokens_per_s.lines("glm4_edge_decode_tokens_per_second",
+                                           "Decode rate after the first token, per generation.")
+            out += self.queue_wait.lines("glm4_edge_queue_wait_seconds",
+                                         "Time a request waited for a generation slot.")
+            return "\n".join(out) + "\n"
+
+
+# --- requests ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sampling:
+    max_tokens: int | None = None  # None: whatever the context leaves after the prompt, as OpenAI does
+    temperature: float = DEFAULT_TEMPERATURE
+    top_p: float = DEFAULT_TOP_P
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False  # vLLM-style extension, for benchmarks that need a fixed length
+
+    def options(self, max_new_tokens: int) -> dict[str, Any]:
+        return {"max_new_tokens": max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                "top_k": self.top_k, "repetition_penalty": self.repetition_penalty,
+                "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty,
+                "seed": self.seed, "stop": self.stop, "ignore_eos": self.ignore_eos}
+
+
+@dataclass
+class GenerationRequest:
+    model: str | None
+    sampling: Sampling
+    stream: bool = False
+    include_usage: bool = False
+    json_schema: str | None = None  # response_format: constrain the answer with this JSON schema
+
+
+@dataclass
+class ChatRequest(GenerationRequest):
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    tools: list[dict[str, Any]] = field(default_factory=list)  # function schemas; [] when tool_choice none
+    forced_tool: dict[str, Any] | None = None  # tool_choice naming a function
+
+
+@dataclass
+class CompletionRequest(GenerationRequest):
+    prompt: str = ""
+
+
+def _number(body: dict, name: str, default: Any, low: float, high: float, integer: bool = False) -> Any:
+    value = body.get(name)
+    if value is None:
+        return default
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise bad_param(name, f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}",
+                        "invalid_type")
+    if not low <= value <= high:
+        raise bad_param(name, f"{name} must be between {low:g} and {high:g}, got {value!r}")
+    return value
+
+
+def _flag(body: dict, name: str) -> bool:
+    value = body.get(name, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise bad_param(name, f"{name} must be true or false, got {value!r}", "invalid_type")
+    return value
+
+
+def parse_sampling(body: dict) -> Sampling:
+    for name in UNSUPPORTED_WHEN_SET:
+        if body.get(name):
+            raise bad_param(name, f"{name} is not supported by this server; remove it",
+                            "unsupported_parameter")
+    for name in ("n", "best_of"):  # one choice per request: the pipeline decodes one sequence
+        if body.get(name) not in (None, 1):
+            raise bad_param(name, f"only {name}=1 is supported, got {body[name]!r}", "unsupported_value")
+    max_tokens = _number(body, "max_tokens", None, 1, 2**31, integer=True)
+    max_tokens = _number(body, "max_completion_tokens", max_tokens, 1, 2**31, integer=True)
+    top_p = _number(body, "top_p", DEFAULT_TOP_P, 0.0, 1.0)
+    if top_p == 0:
+        raise bad_param("top_p", "top_p must be above 0")
+    stop = body.get("stop")
+    if stop is None:
+        stop = []
+    elif isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise bad_param("stop", "stop must be a string or a list of strings", "invalid_type")
+    if len(stop) > MAX_STOP_STRINGS:
+        raise bad_param("stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(stop)}")
+    return Sampling(
+        max_tokens=max_tokens,
+        temperature=float(_number(body, "temperature", DEFAULT_TEMPERATURE, 0.0, 2.0)),
+        top_p=float(top_p),
+        top_k=_number(body, "top_k", 0, 0, 2**31, integer=True),  # vLLM-style extension
+        repetition_penalty=float(_number(body, "repetition_penalty", 1.0, 0.01, 100.0)),
+        presence_penalty=float(_number(body, "presence_penalty", 0.0, -2.0, 2.0)),
+        frequency_penalty=float(_number(body, "frequency_penalty", 0.0, -2.0, 2.0)),
+        seed=_seed(body),
+        stop=[s for s in stop if s],
+        ignore_eos=_flag(body, "ignore_eos"),
+    )
+
+
+def _seed(body: dict) -> int | None:
+    seed = _number(body, "seed", None, -(2**63), 2**64 - 1, integer=True)
+    return None if seed is None else seed % 2**64  # OpenAI seeds are signed, OpenVINO's rng_seed is not
+
+
+def _json_schema(body: dict) -> str | None:
+    """response_format -> JSON schema text for openvino-genai's structured output (xgrammar)."""
+    fmt = body.get("response_format")
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
+        raise bad_param("response_format", "response_format must be {\"type\": \"text\" | \"json_object\" | "
+                                           "\"json_schema\", ...}", "invalid_type")
+    kind = fmt["type"]
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return json.dumps({"type": "object"})
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise bad_param("response_format",
+                            "response_format.json_schema.schema must be a JSON schema object")
+        check_json_schema(schema)
+        return json.dumps(schema)
+    raise bad_param("response_format", f"response_format type {kind!r} is not supported; use text, "
+                                       "json_object or json_schema")
+
+
+# --- JSON schemas for structured output ---------------------------------------------------------------
+#
+# xgrammar compiles the schema inside the pipeline's first step. A schema it rejects fails that step,
+# and a ContinuousBatchingPipeline does not recover: every request in the batch fails and the pipeline
+# refuses further work. So schemas are checked here first, against what xgrammar is known to handle;
+# keywords it would silently ignore ("not", "multipleOf", ...) are refused rather than dropped.
+
+SCHEMA_TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
+SCHEMA_ANNOTATIONS = ("title", "description", "default", "examples", "$schema", "$id", "$comment",
+                      "deprecated", "readOnly", "writeOnly")
+SCHEMA_KEYWORDS = ("type", "properties", "required", "additionalProperties", "items", "prefixItems",
+                   "minItems", "maxItems", "minLength", "maxLength", "pattern", "format", "minimum",
+                   "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "const", "anyOf", "oneOf",
+                   "allOf", "$ref", "$defs", "definitions")
+SCHEMA_FORMATS = ("date-time", "date", "time", "email", "uuid", "ipv4", "ipv6", "uri", "hostname")
+PATTERN_ESCAPES = set("dDwWsSnrtfvux") | set(".\\/-^$|?*+()[]{}")
+PATTERN_REPEAT = re.compile(r"\{\d+(,\d*)?\}")
+SCHEMA_MAX_NODES = 2000
+SCHEMA_MAX_DEPTH = 32
+
+
+class _SchemaChecker:
+    def __init__(self, root: dict, param: str):
+        self.root, self.param, self.nodes = root, param, 0
+
+    def fail(self, where: str, message: str) -> ApiError:
+        return bad_param(self.param, f"{self.param}: JSON schema at {where}: {message}")
+
+    def check(self, schema: Any, where: str = "#", depth: int = 0) -> None:
+        self.nodes += 1
+        if self.nodes > SCHEMA_MAX_NODES or depth > SCHEMA_MAX_DEPTH:
+            raise self.fail(where, f"too large (over {SCHEMA_MAX_NODES} nodes or {SCHEMA_MAX_DEPTH} levels)")
+        if not isinstance(schema, dict):
+            raise self.fail(where, "must be an object")
+        for key in schema:
+            if key not in SCHEMA_KEYWORDS and key not in SCHEMA_ANNOTATIONS:
+                raise self.fail(where, f"keyword {key!r} is not supported by structured output here")
+        kinds = schema.get("type", [])
+        for kind in kinds if isinstance(kinds, list) else [kinds]:
+            if kind not in SCHEMA_TYPES:
+                raise self.fail(where, f"type {kind!r} is not one of {', '.join(SCHEMA_TYPES)}")
+        if isinstance(kinds, list) and "type" in schema and not kinds:
+            raise self.fail(where, "type must not be an empty list")
+        self._children(schema, where, depth)
+        self._ranges(schema, where)
+        if "pattern" in schema:
+            self._pattern(schema["pattern"], where)
+        if "format" in schema and schema["format"] not in SCHEMA_FORMATS:
+            raise self.fail(where, f"format {schema['format']!r} is not one of {', '.join(SCHEMA_FORMATS)}")
+        if "$ref" in schema:
+            self._ref(schema["$ref"], where)
+
+    def _children(self, schema: dict, where: str, depth: int) -> None:
+        properties = schema.get("properties", {})
+        if not isinstance(properties, dict):
+            raise self.fail(where, "properties must be an object")
+        for name, child in properties.items():
+            self.check(child, f"{where}/properties/{name}", depth + 1)
+        required = schema.get("required", [])
+        if not isinstance(required, list) or not all(isinstance(name, str) for name in required):
+            raise self.fail(where, "required must be a list of property names")
+        for key in ("additionalProperties", "items"):
+            child = schema.get(key, True)
+            if not isinstance(child, bool):
+                self.check(child, f"{where}/{key}", depth + 1)
+        for key in ("$defs", "definitions"):
+            children = schema.get(key, {})
+            if not isinstance(children, dict):
+                raise self.fail(where, f"{key} must be an object")
+            for name, child in children.items():
+                self.check(child, f"{where}/{key}/{name}", depth + 1)
+        for key in ("prefixItems", "anyOf", "oneOf", "allOf"):
+            if key not in schema:
+                continue
+            children = schema[key]
+            if not isinstance(children, list) or not children:
+                raise self.fail(where, f"{key} must be a non-empty list of schemas")
+            if key == "allOf" and len(children) > 1:
+                raise self.fail(where, "allOf with more than one schema is not supported; merge them")
+            for index, child in enumerate(children):
+                self.check(child, f"{where}/{key}/{index}", depth + 1)
+        if "enum" in schema and (not isinstance(schema["enum"], list) or not schema["enum"]):
+            raise self.fail(where, "enum must be a non-empty list")
+
+    def _ranges(self, schema: dict, where: str) -> None:
+        for low_key, high_key in (("minLength", "maxLength"), ("minItems", "maxItems")):
+            low, high = schema.get(low_key, 0), schema.get(high_key)
+            for key, value in ((low_key, low), (high_key, high)):
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                    raise self.fail(where, f"{key} must be a non-negative integer")
+            if high is not None and low > high:
+                raise self.fail(where, f"{low_key} {low} is greater than {high_key} {high}")
+        bounds = {}
+        for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+            if key in schema:
+                value = schema[key]
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise self.fail(where, f"{key} must be a number")
+                bounds[key] = value
+        if schema.get("type") == "integer":  # the integers within the bounds
+            lows = [math.ceil(bounds["minimum"])] if "minimum" in bounds else []
+            lows += [math.floor(bounds["exclusiveMinimum"]) + 1] if "exclusiveMinimum" in bounds else []
+            highs = [math.floor(bounds["maximum"])] if "maximum" in bounds else []
+            highs += [math.ceil(bounds["exclusiveMaximum"]) - 1] if "exclusiveMaximum" in bounds else []
+            empty = bool(lows and highs) and max(lows) > min(highs)
+        else:  # (value, exclusive): the tightest bound on each side
+            lows = [(bounds[k], k.startswith("exclusive")) for k in ("minimum", "exclusiveMinimum")
+                    if k in bounds]
+            highs = [(bounds[k], k.startswith("exclusive")) for k in ("maximum", "exclusiveMaximum")
+                     if k in bounds]
+            low = max(lows, default=None)
+            high = min(highs, key=lambda bound: (bound[0], not bound[1]), default=None)
+            empty = low is not None and high is not None and (
+                low[0] > high[0] or (low[0] == high[0] and (low[1] or high[1])))
+        if empty:
+            raise self.fail(where, "no value fits between its minimum and maximum")
+
+    def _pattern(self, pattern: Any, where: str) -> None:
+        if not isinstance(pattern, str):
+            raise self.fail(where, "pattern must be a string")
+        # xgrammar's regex dialect is narrower than Python's (no \\b, no lookaround, no {,n}): allow the
+        # common core it parses, and let Python's parser catch what is malformed.
+        index, in_class = 0, False
+        while index < len(pattern):
+            char = pattern[index]
+            if char == "\\":
+                escape = pattern[index + 1:index + 2]
+                length = {"u": 4, "x": 2}.get(escape, 0)
+                digits = pattern[index + 2:index + 2 + length]
+                if escape not in PATTERN_ESCAPES or len(digits) != length or not all(
+                        d in "0123456789abcdefABCDEF" for d in digits):
+                    raise self.fail(where, f"pattern escape \\{escape} is not supported")
+                index += 2 + length
+                continue
+            if in_class:
+                if char == "[":
+                    raise self.fail(where, "pattern may not nest [ inside a character class")
+                in_class = char != "]"
+            elif char == "[":
+                in_class = True
+                index += 2 if pattern[index + 1:index + 2] == "]" else 1  # "[]...]": the ] is literal
+                continue
+            elif char == "(" and pattern[index + 1:index + 2] == "?":
+                raise self.fail(where, "pattern may not use (?...) groups")
+            elif char == "{" and not PATTERN_REPEAT.match(pattern, index):
+                raise self.fail(where, "pattern repeats must be {n}, {n,} or {n,m}")
+            index += 1
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise self.fail(where, f"pattern {pattern!r} is not a valid regular expression "
+                                   f"({error})") from None
+
+    def _ref(self, ref: Any, where: str) -> None:
+        parts = ref.split("/") if isinstance(ref, str) else []
+        if len(parts) != 3 or parts[0] != "#" or parts[1] not in ("$defs", "definitions"):
+            raise self.fail(where, "$ref must point into this schema: '#/$defs/NAME'")
+        if not isinstance(self.root.get(parts[1]), dict) or parts[2] not in self.root[parts[1]]:
+            raise self.fail(where, f"$ref {ref!r} names no definition")
+
+
+def check_json_schema(schema: Any, param: str = "response_format") -> None:
+    """Raise a 400 naming `param` unless xgrammar can compile `schema` and honour all of it."""
+    if not isinstance(schema, dict):
+        raise bad_param(param, f"{param}: the JSON schema must be an object")
+    _SchemaChecker(schema, param).check(schema)
+
+
+def _stream_flags(body: dict) -> tuple[bool, bool]:
+    stream = _flag(body, "stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise bad_param("stream_options", "stream_options must be an object", "invalid_type")
+    return stream, stream and _flag(options, "include_usage")
+
+
+def _model_field(body: dict) -> str | None:
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise bad_param("model", "model must be a string", "invalid_type")
+    return model
+
+
+def parse_chat(body: dict) -> ChatRequest:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_param("messages", "messages must be a non-empty list of {role, content} objects")
+    checked = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise bad_param("messages", f"messages[{index}] must be an object")
+        if message.get("role") == "developer":  # OpenAI's newer name for the system role
+            message = {**message, "role": "system"}
+        content = message.get("content")
+        if isinstance(content, list):
+            for part in content:
+                if not isinstance(part, dict) or part.get("type", "text") != "text":
+                    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                    raise bad_param("messages", f"messages[{index}] has a {kind!r} content part; this model "
+                                                "reads text only")
+        checked.append(message)
+    tools = body.get("tools") or []
+    if not isinstance(tools, list):
+        raise bad_param("tools", "tools must be a list of {\"type\": \"function\", \"function\": {...}}",
+                        "invalid_type")
+    try:
+        schemas = glm_format.tool_schemas(tools)
+    except BadParameterError as error:
+        raise bad_param("tools", str(error)) from None
+    schemas, forced = _tool_choice(body.get("tool_choice"), schemas)
+    if forced is not None:
+        try:
+            check_json_schema(forced.get("parameters") or {}, "tools")
+        except ApiError:
+            # Parameters grammar-constrained decoding cannot honour: still force a JSON object.
+            forced = {**forced, "parameters": {"type": "object"}}
+    stream, include_usage = _stream_flags(body)
+    return ChatRequest(model=_model_field(body), sampling=parse_sampling(body), stream=stream,
+                       include_usage=include_usage, json_schema=_json_schema(body), messages=checked,
+                       tools=schemas, forced_tool=forced)
+
+
+def _tool_choice(choice: Any, schemas: list[dict]) -> tuple[list[dict], dict | None]:
+    """-> (tools to show the model, the function it must call or None)."""
+    if choice is None or choice == "auto":
+        return schemas, None
+    if choice == "none":
+        return [], None
+    if choice == "required":
+        if len(schemas) != 1:
+            raise bad_param("tool_choice", "tool_choice 'required' needs exactly one tool here; name the "
+                                           "function instead: {\"type\": \"function\", \"function\": "
+                                           "{\"name\": ...}}")
+        return schemas, schemas[0]
+    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    if not isinstance(name, str):
+        raise bad_param("tool_choice", "tool_choice must be 'none', 'auto', 'required' or "
+                                       "{\"type\": \"function\", \"function\": {\"name\": ...}}")
+    for schema in schemas:
+        if schema["name"] == name:
+            return schemas, schema
+    raise bad_param("tool_choice", f"tool_choice names {name!r}, which is not in tools")
+
+
+def parse_completion(body: dict) -> CompletionRequest:
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise bad_param("prompt", "prompt must be a non-empty string (one prompt per request; token-id "
+                                  "prompts are not supported)")
+    stream, include_usage = _stream_flags(body)
+    return CompletionRequest(model=_model_field(body), sampling=parse_sampling(body), stream=stream,
+                             include_usage=include_usage, json_schema=_json_schema(body), prompt=prompt)
+
+
+# --- generation (runs in worker threads) --------------------------------------------------------------
+#
+# Model has no public entry point below "messages": raw completions, response_format and a forced
+# tool call need the prompt text and the GenerationConfig. Until model.py grows `stream_prompt`,
+# this section reuses Model's private helpers exactly as `Model.stream` does.
+
+
+def _default_max_tokens(model: Model, prompt_tokens: int) -> int:
+    if not model.context_length:
+        return DEFAULT_MAX_NEW_TOKENS
+    return max(1, model.context_length - prompt_tokens)
+
+
+def stream_prompt(model: Model, prompt: str, sampling: Sampling, cancel: threading.Event, *, parse: bool,
+                  tool_names: Sequence[str] = (), json_schema: str | None = None) -> Iterator[Chunk]:
+    """`Model.stream` for a prompt already rendered: raw text (parse=False) or the reply split."""
+    inputs = model.tokenizer.encode(prompt, add_special_tokens=False)
+    prompt_tokens = int(inputs.input_ids.get_shape()[-1])
+    max_new_tokens = sampling.max_tokens or _default_max_tokens(model, prompt_tokens)
+    if model.context_length and prompt_tokens + max_new_tokens > model.context_length:
+        raise ContextOverflowError(prompt_tokens, max_new_tokens, model.context_length)
+    options = sampling.options(max_new_tokens)
+    stops = options.pop("stop")
+    config = model._generation_config(**options)
+    if json_schema is not None:
+        import openvino_genai
+
+        config.structured_output_config = openvino_genai.StructuredOutputConfig(json_schema=json_schema)
+    if isinstance(model, BatchedModel):
+        return model._stream(inputs, prompt_tokens, config, stops, list(tool_names), cancel, parse=parse)
+    if parse:
+        return model._stream(inputs, prompt_tokens, config, stops, list(tool_names), cancel)
+    return _raw_stream(model, inputs, prompt_tokens, config, stops, cancel)
+
+
+def _raw_stream(model: Model, inputs, prompt_tokens: int, config, stops: list[str],
+                cancel: threading.Event) -> Iterator[Chunk]:
+    """Model._stream without the reply parser: a completion is the model's text, as written."""
+    matcher = glm_format.StopMatcher(stops)
+    with model._lock:
+        started = time.perf_counter()
+        stream = CallbackStream(lambda callback: model.pipeline.generate(inputs, config, callback), cancel)
+        try:
+            for raw in stream:
+                if matcher.stopped:
+                    continue  # text the pipeline decoded before it saw the stop request
+                visible = matcher.feed(raw)
+                if matcher.stopped:
+                    stream.stop_requested.set()
+                if visible:
+                    yield Chunk(text=visible)
+        finally:
+            if stream.outcome.result is None and stream.outcome.error is None:
+                stream.close()
+        tail = matcher.flush() if not matcher.stopped else ""
+        stats = model._stats(stream.outcome.result, prompt_tokens, time.perf_counter() - started)
+        if stream.outcome.cancelled:
+            reason = "cancelled"
+        elif not matcher.stopped and stats.generated_tokens >= config.max_new_tokens:
+            reason = "length"
+        else:
+            reason = "stop"
+        yield Chunk(text=tail, finish_reason=reason, stats=stats)
+
+
+def _forced_tool_stream(raw: Iterator[Chunk], name: str) -> Iterator[Chunk]:
+    """The prompt already ends in `name\\n`: what the model writes are the call's JSON arguments."""
+    text = []
+    for chunk in raw:
+        text.append(chunk.text)
+        if chunk.finish_reason:
+            arguments = "".join(text)
+            calls = glm_format.parse_tool_calls(f"{name}\n{arguments}", [name])
+            if calls and chunk.finish_reason != "cancelled":
+                yield Chunk(finish_reason="tool_calls", tool_calls=[c.as_dict() for c in calls],
+                            stats=chunk.stats)
+            else:  # cut off by max_tokens or a stop string: show what there is
+                yield Chunk(text=arguments, finish_reason=chunk.finish_reason, stats=chunk.stats)
+
+
+def open_chat(model: Model, request: ChatRequest, cancel: threading.Event) -> Iterator[Chunk]:
+    """Validate and tokenize now (errors surface before any response); generation starts on iteration."""
+    sampling = request.sampling
+    if request.forced_tool is not None:
+        prompt = model.render(request.messages, request.tools)
+        # Replace the reply opener (which may open <think>) by a tool-call turn already naming the function.
+        prompt = prompt[: len(prompt) - len(model.generation_prefix)] + glm_format.ROLE_TAGS["assistant"]
+        name = request.forced_tool["name"]
+        schema = json.dumps(request.forced_tool.get("parameters") or {"type": "object"})
+        raw = stream_prompt(model, f"{prompt}{name}\n", sampling, cancel, parse=False, json_schema=schema)
+        return _forced_tool_stream(raw, name)
+    if request.json_schema is not None:
+        prompt = model.render(request.messages, request.tools)
+        return stream_prompt(model, prompt, sampling, cancel, parse=True, json_schema=request.json_schema,
+                             tool_names=[t["name"] for t in request.tools])
+    max_tokens = sampling.max_tokens
+    if max_tokens is None:
+        prompt_tokens = model.count_tokens(model.render(request.messages, request.tools))
+        max_tokens = _default_max_tokens(model, prompt_tokens)
+    return model.stream(request.messages, tools=request.tools or None, cancel=cancel,
+                        **sampling.options(max_tokens))
+
+
+def open_completion(model: Model, request: CompletionRequest, cancel: threading.Event) -> Iterator[Chunk]:
+    return stream_prompt(model, request.prompt, request.sampling, cancel, parse=False,
+                         json_schema=request.json_schema)
+
+
+# --- async bridge ------------------------------------------------------------------------------------
+
+
+class ClientGone(Exception):
+    """The client disconnected; nobody is left to answer."""
+
+
+_END = object()
+
+
+@dataclass
+class _Failure:
+    error: BaseException
+
+
+class Generation:
+    """One request's chunks, produced by a worker thread and read on the event loop."""
+
+    def __init__(self, cancel: threading.Event):
+        self.cancel = cancel
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.ended = False
+
+    async def next(self) -> Chunk | None:
+        """The next chunk; None after the last; re-raises what the worker raised."""
+        if self.ended:
+            return None
+        item = await self.queue.get()
+        if item is _END:
+            self.ended = True
+            return None
+        if isinstance(item, _Failure):
+            self.ended = True
+            raise item.error
+        return item
+
+
+class DisconnectWatch:
+    """Sets `cancel` when the client disconnects, and lets awaits give up when it does."""
+
+    def __init__(self, receive: Callable, cancel: threading.Event):
+        self._receive = receive
+        self._cancel = cancel
+        self.gone = asyncio.Event()
+        self._task = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self._cancel.set()
+                self.gone.set()
+                return
+
+    async def race(self, awaitable) -> Any:
+        work = asyncio.ensure_future(awaitable)
+        gone = asyncio.ensure_future(self.gone.wait())
+        done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        gone.cancel()
+        if work in done:
+            return work.result()
+        work.cancel()
+        raise ClientGone
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
+class Scheduler:
+    """At most `max_concurrency` generations at once; the rest wait in FIFO order (asyncio.Semaphore)."""
+
+    def __init__(self, max_concurrency: int, metrics: Metrics):
+        self.metrics = metrics
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="glm4-edge-request")
+        self._active: set[threading.Event] = set()
+
+    async def start(self, stream: Iterator[Chunk], cancel: threading.Event,
+                    watch: DisconnectWatch) -> Generation:
+        """Wait for a slot (giving up if the client leaves), then run `stream` in a worker thread."""
+        queued_at = time.perf_counter()
+        self.metrics.add("queued")
+        try:
+            await watch.race(self._slots.acquire())
+        except ClientGone:
+            stream.close()  # type: ignore[attr-defined]
+            raise
+        finally:
+            self.metrics.add("queued", -1)
+        self.metrics.waited(time.perf_counter() - queued_at)
+        self.metrics.add("in_flight")
+        self._active.add(cancel)
+        generation = Generation(cancel)
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, self._work, stream, generation, loop)
+        future.add_done_callback(lambda _: self._finished(cancel))
+        return generation
+
+    def _finished(self, cancel: threading.Event) -> None:
+        self._active.discard(cancel)
+        self.metrics.add("in_flight", -1)
+        self._slots.release()
+
+    def _work(self, stream: Iterator[Chunk], generation: Generation, loop: asyncio.AbstractEventLoop) -> None:
+        def hand_over(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(generation.queue.put_nowait, item)
+            except RuntimeError:  # the loop closed during shutdown: nobody to tell
+                pass
+
+        stats, reason = None, None
+        try:
+            if generation.cancel.is_set():  # the client left while this request was queued
+                reason = "cancelled"
+                return
+            for chunk in stream:
+                if chunk.finish_reason:
+                    stats, reason = chunk.stats, chunk.finish_reason
+                hand_over(chunk)
+        except BaseException as error:  # handed to the request, which answers with an error
+            LOG.warning("generation failed: %s", _first_line(error))
+            LOG.debug("generation failure", exc_info=True)
+            hand_over(_Failure(error))
+        finally:
+            stream.close()  # type: ignore[attr-defined]
+            self.metrics.generation_done(stats, reason == "cancelled" or generation.cancel.is_set())
+            hand_over(_END)
+
+    def cancel_all(self) -> None:
+        for cancel in list(self._active):
+            cancel.set()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+# --- responses ---------------------------------------------------------------------------------------
+
+
+def _usage(stats: GenerationStats | None) -> dict[str, int]:
+    prompt = stats.prompt_tokens if stats else 0
+    completion = stats.generated_tokens if stats else 0
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _finish_reason(reason: str | None) -> str:
+    return "stop" if reason in (None, "cancelled") else reason
+
+
+def _openai_tool_calls(calls: list[dict[str, str]], streaming: bool) -> list[dict[str, Any]]:
+    out = []
+    for index, call in enumerate(calls):
+        entry: dict[str, Any] = {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                                 "function": {"name": call["name"], "arguments": call["arguments"]}}
+        out.append({"index": index, **entry} if streaming else entry)
+    return out
+
+
+@dataclass
+class Collected:
+    text: str = ""
+    reasoning: str = ""
+    tool_calls: list[dict[str, str]] = field(default_factory=list)
+    finish_reason: str | None = None
+    stats: GenerationStats | None = None
+
+    def add(self, chunk: Chunk) -> None:
+        self.text += chunk.text
+        self.reasoning += chunk.reasoning
+        if chunk.finish_reason:
+            self.finish_reason, self.stats = chunk.finish_reason, chunk.stats
+            self.tool_calls = chunk.tool_calls or []
+
+
+def _sse(payload: dict[str, Any] | str) -> str:
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False,
+                                                               separators=(",", ":"))
+    return f"data: {data}\n\n"
+
+
+# --- the application ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ServerConfig:
+    load: Callable[[], Model]  # runs in a background thread after the port is bound
+    model_name: str
+    aliases: tuple[str, ...] = ()  # other names a request may use for the same model
+    api_key: str | None = None
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    allow_origins: tuple[str, ...] = ()
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    engine: str = "one pipeline"  # shown at startup
+
+
+class OpenAIServer:
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.metrics = Metrics()
+        self.model: Model | None = None
+        self.load_error: str | None = None
+        self.created = int(time.time())
+        self.on_load_failure: Callable[[], None] = lambda: None
+        self.scheduler: Scheduler | None = None
+        self._api_key = config.api_key.encode() if config.api_key else None
+        self.app = self._build_app()
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        started = time.perf_counter()
+        try:
+            model = self.config.load()
+        except Exception as error:  # Glm4EdgeError or an OpenVINO failure: either way, nothing to serve
+            self.load_error = str(error) or type(error).__name__
+            LOG.error("could not load the model: %s", self.load_error)
+            self.on_load_failure()
+            return
+        self.model = model
+        self.metrics.model_ready = 1
+        LOG.info("model %s ready on %s in %.1f s", self.config.model_name, model.device,
+                 time.perf_counter() - started)
+
+    @asynccontextmanager
+    async def _lifespan(self, app):
+        self.scheduler = Scheduler(self.config.max_concurrency, self.metrics)
+        # Daemon: Ctrl-C during a long load must not wait for it.
+        threading.Thread(target=self._load, name="glm4-edge-load", daemon=True).start()
+        try:
+            yield
+        finally:
+            self.scheduler.cancel_all()
+            if isinstance(self.model, BatchedModel):
+                self.model.close()
+
+    # --- plumbing ---------------------------------------------------------------------------------
+
+    def _build_app(self):
+        from starlette.applications import Starlette
+        from starlette.exceptions import HTTPException
+        from starlette.middleware import Middleware
+        from starlette.routing import Route
+
+        routes = [
+            Route("/health", self.health, methods=["GET"]),
+            Route("/metrics", self.metrics_endpoint, methods=["GET"]),
+            Route("/v1/models", self.list_models, methods=["GET"]),
+            Route("/v1/models/{name:path}", self.get_model, methods=["GET"]),
+            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+            Route("/v1/completions", self.completions, methods=["POST"]),
+        ]
+        middleware = [Middleware(_CountRequests, metrics=self.metrics)]
+        if self.config.allow_origins:
+            from starlette.middleware.cors import CORSMiddleware
+
+            middleware.insert(0, Middleware(CORSMiddleware, allow_origins=list(self.config.allow_origins),
+                                            allow_methods=["GET", "POST"],
+                                            allow_headers=["Authorization", "Content-Type"]))
+        handlers = {ApiError: self._api_error, HTTPException: self._http_error, Exception: self._server_error}
+        return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers,
+                         lifespan=self._lifespan)
+
+    @staticmethod
+    def _error_response(error: ApiError):
+        from starlette.responses import JSONResponse
+
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+    async def _api_error(self, request, error: ApiError):
+        return self._error_response(error)
+
+    async def _http_error(self, request, error):
+        return self._error_response(ApiError(error.status_code, str(error.detail), code=_status_code(error)))
+
+    async def _server_error(self, request, error: Exception):
+        return self._error_response(ApiError(500, "internal server error; see the server log",
+                                             kind="server_error"))
+
+    def _authorize(self, request) -> None:
+        if self._api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        # compare_digest on bytes: no early exit that would leak how much of the key matched.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._api_key):
+            raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    def _ready_model(self) -> Model:
+        if self.model is None:
+            message = (f"the model failed to load: {self.load_error}" if self.load_error
+                       else "the model is still loading; retry shortly")
+            raise ApiError(503, message, kind="server_error", code="model_not_ready",
+                           headers={"Retry-After": "5"})
+        return self.model
+
+    def _check_model_name(self, name: str | None) -> None:
+        if name is not None and name not in (self.config.model_name, *self.config.aliases):
+            raise ApiError(404, f"The model {name!r} does not exist; this server serves "
+                                f"{self.config.model_name!r}", param="model", code="model_not_found")
+
+    async def _read_json(self, request) -> dict[str, Any]:
+        limit = self.config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, f"request body of {declared} bytes is over the {limit}-byte limit",
+                           code="request_too_large")
+        body = bytearray()
+        async for part in request.stream():
+            body += part
+            if len(body) > limit:  # chunked uploads have no Content-Length to check up front
+                raise ApiError(413, f"request body is over the {limit}-byte limit", code="request_too_large")
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "could not parse the JSON body of the request", code="invalid_json") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+        return data
+
+    # --- endpoints --------------------------------------------------------------------------------
+
+    async def health(self, request):
+        from starlette.responses import JSONResponse
+
+        failure = self.model.engine.failure if isinstance(self.model, BatchedModel) else None
+        if failure:
+            return JSONResponse({"status": "error", "model": self.config.model_name, "error": failure},
+                                status_code=503)
+        if self.model is not None:
+            return JSONResponse({"status": "ok", "model": self.config.model_name})
+        status = "error" if self.load_error else "loading"
+        return JSONResponse({"status": status, "model": self.config.model_name, "error": self.load_error},
+                            status_code=503, headers={"Retry-After": "5"})
+
+    async def metrics_endpoint(self, request):
+        from starlette.responses import PlainTextResponse
+
+        self._authorize(request)
+        return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    def _model_card(self) -> dict[str, Any]:
+        return {"id": self.config.model_name, "object": "model", "created": self.created, "owned_by": OWNER}
+
+    async def list_models(self, request):
+        from starlette.responses import JSONResponse
+
+        self._authorize(request)
+        return JSONResponse({"object": "list", "data": [self._model_card()]})
+
+    async def get_model(self, request):
+        from starlette.responses import JSONResponse
+
+        self._authorize(request)
+        self._check_model_name(request.path_params["name"])
+        return JSONResponse(self._model_card())
+
+    async def chat_completions(self, request):
+        self._authorize(request)
+        body = await self._read_json(request)
+        chat = parse_chat(body)
+        self._check_model_name(chat.model)
+        return await self._generate(request, chat, open_chat, _ChatFormat(self.config.model_name))
+
+    async def completions(self, request):
+        self._authorize(request)
+        body = await self._read_json(request)
+        completion = parse_completion(body)
+        self._check_model_name(completion.model)
+        return await self._generate(request, completion, open_completion,
+                                    _CompletionFormat(self.config.model_name))
+
+    async def _generate(self, request, parsed: GenerationRequest, opener: Callable, fmt: _Format):
+        from starlette.concurrency import run_in_threadpool
+        from starlette.responses import JSONResponse, Response
+
+        model = self._ready_model()
+        assert self.scheduler is not None
+        cancel = threading.Event()
+        try:  # rendering and tokenizing can take a while on long prompts: not on the event loop
+            stream = await run_in_threadpool(opener, model, parsed, cancel)
+        except Glm4EdgeError as error:
+            raise _from_glm4_edge_error(error) from None
+        watch = DisconnectWatch(request.receive, cancel)
+        try:
+            generation = await self.scheduler.start(stream, cancel, watch)
+            # Wait for the first chunk before answering, so a failure at the start of generation
+            # (e.g. a JSON schema xgrammar rejects) is a proper error status, not a broken stream.
+            try:
+                first = await watch.race(generation.next())
+            except RuntimeError as error:
+                if parsed.json_schema is not None:  # xgrammar compiles the schema at the first step
+                    raise ApiError(400, f"response_format: {_first_line(error)}",
+                                   param="response_format") from None
+                raise ApiError(500, _first_line(error), kind="server_error") from None
+            if not parsed.stream:
+                reply = Collected()
+                chunk = first
+                while chunk is not None:
+                    reply.add(chunk)
+                    chunk = await watch.race(generation.next())
+                return JSONResponse(fmt.whole(reply))
+        except ClientGone:
+            return Response(status_code=499)  # nobody reads it; uvicorn drops it
+        finally:
+            watch.stop()
+        from starlette.responses import StreamingResponse
+
+        return StreamingResponse(self._sse(generation, first, fmt, parsed.include_usage),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def _sse(self, generation: Generation, first: Chunk | None, fmt: _Format,
+                   include_usage: bool) -> AsyncIterator[str]:
+        # Starlette cancels this generator when the client disconnects; `finally` then stops the model.
+        try:
+            yield _sse(fmt.opening(include_usage))
+            chunk = first
+            while chunk is not None:
+                for payload in fmt.pieces(chunk, include_usage):
+                    yield _sse(payload)
+                if chunk.finish_reason and include_usage:
+                    yield _sse(fmt.usage(chunk.stats))
+                chunk = await generation.next()
+            yield _sse("[DONE]")
+        except Exception as error:  # headers are out: report in-band, as OpenAI does
+            LOG.exception("generation failed mid-stream")
+            yield _sse(ApiError(500, _first_line(error), kind="server_error").body())
+            yield _sse("[DONE]")
+        finally:
+            generation.cancel.set()
+
+
+# xgrammar prefixes its messages with "[hh:mm:ss] /build/path/file.cc:123: ": noise to a client.
+_NATIVE_PREFIX = re.compile(r"^(\[[\d:]+\]\s*)?(\S+\.(cc|cpp|hpp|h):\d+:\s*)?")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    return _NATIVE_PREFIX.sub("", line)[:500]
+
+
+def _status_code(error) -> str | None:
+    return {404: "not_found", 405: "method_not_allowed"}.get(error.status_code)
+
+
+class _CountRequests:
+    """ASGI middleware: count answered requests by path and status for /metrics."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = {"code": 500}
+
+        async def record(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            # Labels come from a fixed set, so scanners cannot grow the metrics without bound.
+            path = scope["path"]
+            label = path if path in KNOWN_PATHS else "/v1/models/{model}" if path.startswith(
+                "/v1/models/") else "other"
+            self.metrics.request_done(label, status["code"])
+
+
+KNOWN_PATHS = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions")
+
+
+# --- OpenAI wire formats -----------------------------------------------------------------------------
+
+
+class _Format:
+    object_name = ""
+    prefix = ""
+
+    def __init__(self, model_name: str):
+        self.model_name = model_name
+        self.id = f"{self.prefix}-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+
+    def _envelope(self, choices: list[dict[str, Any]], streaming: bool, **extra: Any) -> dict[str, Any]:
+        name = self.object_name + (".chunk" if streaming and self.object_name == "chat.completion" else "")
+        return {"id": self.id, "object": name, "created": self.created, "model": self.model_name,
+                "choices": choices, **extra}
+
+    def usage(self, stats: GenerationStats | None) -> dict[str, Any]:
+        return self._envelope([], True, usage=_usage(stats))
+
+    def opening(self, include_usage: bool) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def pieces(self, chunk: Chunk, include_usage: bool) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def whole(self, reply: Collected) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class _ChatFormat(_Format):
+    object_name = "chat.completion"
+    prefix = "chatcmpl"
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None, include_usage: bool) -> dict[str, Any]:
+        extra = {"usage": None} if include_usage else {}
+        return self._envelope([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], True,
+                              **extra)
+
+    def opening(self, include_usage: bool) -> dict[str, Any]:
+        return self._chunk({"role": "assistant", "content": ""}, None, include_usage)
+
+    def pieces(self, chunk: Chunk, include_usage: bool) -> list[dict[str, Any]]:
+        out = []
+        if chunk.reasoning:
+            out.append(self._chunk({"reasoning_content": chunk.reasoning}, None, include_usage))
+        if chunk.text:
+            out.append(self._chunk({"content": chunk.text}, None, include_usage))
+        if chunk.tool_calls:
+            out.append(self._chunk({"tool_calls": _openai_tool_calls(chunk.tool_calls, True)}, None,
+                                   include_usage))
+        if chunk.finish_reason:
+            out.append(self._chunk({}, _finish_reason(chunk.finish_reason), include_usage))
+        return out
+
+    def whole(self, reply: Collected) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": reply.text or None}
+        if reply.reasoning:
+            message["reasoning_content"] = reply.reasoning
+        if reply.tool_calls:
+            message["tool_calls"] = _openai_tool_calls(reply.tool_calls, False)
+        elif message["content"] is None:
+            message["content"] = ""
+        choice = {"index": 0, "message": message, "logprobs": None,
+                  "finish_reason": _finish_reason(reply.finish_reason)}
+        return self._envelope([choice], False, usage=_usage(reply.stats))
+
+
+class _CompletionFormat(_Format):
+    object_name = "text_completion"
+    prefix = "cmpl"
+
+    def _chunk(self, text: str, finish: str | None, include_usage: bool) -> dict[str, Any]:
+        extra = {"usage": None} if include_usage else {}
+        return self._envelope([{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}], True,
+                              **extra)
+
+    def opening(self, include_usage: bool) -> dict[str, Any]:
+        return self._chunk("", None, include_usage)
+
+    def pieces(self, chunk: Chunk, include_usage: bool) -> list[dict[str, Any]]:
+        out = []
+        if chunk.text:
+            out.append(self._chunk(chunk.text, None, include_usage))
+        if chunk.finish_reason:
+            out.append(self._chunk("", _finish_reason(chunk.finish_reason), include_usage))
+        return out
+
+    def whole(self, reply: Collected) -> dict[str, Any]:
+        choice = {"index": 0, "text": reply.text, "logprobs": None,
+                  "finish_reason": _finish_reason(reply.finish_reason)}
+        return self._envelope([choice], False, usage=_usage(reply.stats))
+
+
+# --- running -----------------------------------------------------------------------------------------
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind before loading, so a port clash fails fast and /health answers while the model loads."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise Glm4EdgeError(f"--host {host}: cannot resolve it ({error.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as error:
+        sock.close()
+        raise Glm4EdgeError(f"cannot listen on {host}:{port} ({error.strerror}); pick another --port or "
+                            "stop what is using it") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def api_key_from_env(explicit: str | None) -> str | None:
+    return explicit or os.environ.get(API_KEY_ENV) or None
+
+
+def serve(config: ServerConfig, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, log_level: str = "info",
+          announce: Callable[[str], None] = print) -> None:
+    """Bind, answer /health at once, load the model in the background, serve until SIGINT/SIGTERM."""
+    import uvicorn
+
+    sock = bind(host, port)
+    bound_port = sock.getsockname()[1]
+    server = OpenAIServer(config)
+    uv = uvicorn.Server(uvicorn.Config(server.app, log_level=log_level, lifespan="on",
+                                       timeout_graceful_shutdown=SHUTDOWN_GRACE_S, server_header=False))
+
+    def stop() -> None:
+        uv.should_exit = True
+
+    server.on_load_failure = stop
+    # A client leaving mid-stream is routine here; asyncio would log each write that raced the hang-up.
+    logging.getLogger("asyncio").addFilter(lambda record: "socket.send() raised" not in record.getMessage())
+    shown = f"[{host}]" if ":" in host else host
+    announce(f"glm4-edge serve: {config.model_name} on http://{shown}:{bound_port}/v1 "
+             f"({config.engine}, {config.max_concurrency} at a time; loading, GET /health says 200 "
+             "when ready)")
+    try:
+        uv.run(sockets=[sock])
+    finally:
+        sock.close()
+    if server.load_error:
+        raise Glm4EdgeError(f"could not load the model: {server.load_error}")
