@@ -24,10 +24,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from . import devices, glm_format
-from .errors import Glm4EdgeError, ModelFormatError
-from .manifest import read_manifest
-from .model import DEFAULT_DEVICE, REQUIRED_FILES, Chunk, Model
+from . import glm_format
+from .errors import Glm4EdgeError
+from .model import DEFAULT_DEVICE, Chunk, Model, finish_reason, model_facts, open_pipeline, plan_load
 
 BATCHING_DEVICES = ("CPU", "GPU")
 ENGINE_IDLE_WAIT_S = 1.0  # the engine thread sleeps on a condition; this only bounds a missed wake-up
@@ -296,14 +295,7 @@ class BatchedModel(Model):
             tail = parser.feed(tail_text)
             rest, calls = parser.finish()
             tail = glm_format.ParsedPiece(tail.text + rest.text, tail.reasoning + rest.reasoning)
-        if done.cancelled:
-            reason = "cancelled"
-        elif calls:
-            reason = "tool_calls"
-        elif not matcher.stopped and stats.generated_tokens >= config.max_new_tokens:
-            reason = "length"
-        else:
-            reason = "stop"
+        reason = finish_reason(done.cancelled, bool(calls), matcher.stopped, stats, config)
         yield Chunk(text=tail.text, reasoning=tail.reasoning, finish_reason=reason,
                     tool_calls=[c.as_dict() for c in calls] or None, stats=stats)
 
@@ -314,38 +306,18 @@ class BatchedModel(Model):
 def load_batched(path: str | Path, device: str = DEFAULT_DEVICE, *, cache: bool = True,
                  warm_up: bool = False, properties: dict[str, Any] | None = None) -> BatchedModel:
     """Like `glm4_edge.load`, on a ContinuousBatchingPipeline with prefix caching (CPU or GPU)."""
-    from .model import _config_context, _template_prefix
-
-    folder = Path(path).expanduser()
-    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
-    if not folder.is_dir() or missing:
-        raise ModelFormatError(f"{folder} is not an OpenVINO model folder; convert one with "
-                               "`glm4-edge convert`")
-    manifest = read_manifest(folder)
-    device = devices.check_device(device)
-    base = device.split(".")[0].split(":")[0]
-    if base not in BATCHING_DEVICES:
-        raise Glm4EdgeError(f"parallel decoding runs on CPU or GPU, not {device}; use --max-concurrency 1")
-    props = devices.pipeline_properties(device, manifest, folder, cache=cache)
-    props.update(properties or {})
     import openvino_genai
 
+    plan = plan_load(path, device, cache=cache, properties=properties)
+    if plan.base_device not in BATCHING_DEVICES:
+        raise Glm4EdgeError(f"parallel decoding runs on CPU or GPU, not {plan.device}; use --max-concurrency 1")
     scheduler = openvino_genai.SchedulerConfig()
     scheduler.enable_prefix_caching = True  # requests sharing a system prompt or history reuse its KV blocks
-    started = time.perf_counter()
-    try:
-        pipeline = openvino_genai.ContinuousBatchingPipeline(str(folder), scheduler, device, props)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise Glm4EdgeError(f"OpenVINO could not load {folder} on {device}: {first[:300]}") from None
-    load_s = time.perf_counter() - started
+    pipeline, load_s = open_pipeline(plan, lambda: openvino_genai.ContinuousBatchingPipeline(
+        str(plan.folder), scheduler, plan.device, plan.properties))
     view = _PipelineView(pipeline)
-    context = manifest.context_length if manifest and manifest.context_length else _config_context(folder)
-    prefix = manifest.generation_prefix if manifest else _template_prefix(view)
-    stop_ids = list(manifest.stop_token_ids) if manifest and manifest.stop_token_ids else sorted(
-        pipeline.get_config().stop_token_ids)
     engine = BatchingEngine(pipeline, pipeline.get_tokenizer())
-    model = BatchedModel(engine, folder, device, view, manifest, load_s, context, prefix, stop_ids)
+    model = BatchedModel(engine, plan.folder, plan.device, view, plan.manifest, load_s, *model_facts(plan, view))
     if warm_up:
         model.warm_up()
     return model

@@ -135,9 +135,23 @@ class Model:
         Breaking out of the loop (or `close()`) stops generation within a token. Setting `cancel`
         from another thread ends the stream with finish_reason "cancelled".
         """
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
         schemas = glm_format.tool_schemas(tools)
-        prompt = self.render(messages, schemas)
+        return self.stream_prompt(
+            self.render(messages, schemas), tool_names=[s["name"] for s in schemas], max_new_tokens=max_new_tokens,
+            temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
+            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, seed=seed, stop=stop,
+            ignore_eos=ignore_eos, cancel=cancel)
+
+    def stream_prompt(self, prompt: str, *, parse: bool = True, tool_names: Sequence[str] = (),
+                      json_schema: str | None = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                      temperature: float = DEFAULT_TEMPERATURE, top_p: float = DEFAULT_TOP_P, top_k: int = 0,
+                      repetition_penalty: float = 1.0, presence_penalty: float = 0.0,
+                      frequency_penalty: float = 0.0, seed: int | None = None,
+                      stop: str | Sequence[str] | None = None, ignore_eos: bool = False,
+                      cancel: threading.Event | None = None) -> Iterator[Chunk]:
+        """`stream` for a prompt already rendered. parse=False yields the model's raw text (completions);
+        `json_schema` constrains the output through openvino-genai's structured output."""
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
         inputs = self.tokenizer.encode(prompt, add_special_tokens=False)
         prompt_tokens = int(inputs.input_ids.get_shape()[-1])
         if max_new_tokens < 1:
@@ -146,10 +160,14 @@ class Model:
             raise ContextOverflowError(prompt_tokens, max_new_tokens, self.context_length)
         config = self._generation_config(max_new_tokens, temperature, top_p, top_k, repetition_penalty,
                                          presence_penalty, frequency_penalty, seed, ignore_eos)
-        return self._stream(inputs, prompt_tokens, config, stops, [s["name"] for s in schemas], cancel)
+        if json_schema is not None:
+            import openvino_genai
+
+            config.structured_output_config = openvino_genai.StructuredOutputConfig(json_schema=json_schema)
+        return self._stream(inputs, prompt_tokens, config, stops, list(tool_names), cancel, parse=parse)
 
     def _stream(self, inputs, prompt_tokens: int, config, stops: list[str], tool_names: list[str],
-                cancel: threading.Event | None) -> Iterator[Chunk]:
+                cancel: threading.Event | None, parse: bool = True) -> Iterator[Chunk]:
         matcher = glm_format.StopMatcher(stops)
         parser = glm_format.ReplyParser(tool_names=tool_names, in_reasoning=self.starts_in_reasoning)
         with self._lock:
@@ -160,23 +178,20 @@ class Model:
                     visible = matcher.feed(raw)
                     if matcher.stopped:
                         stream.stop_requested.set()
-                    piece = parser.feed(visible)
+                    piece = parser.feed(visible) if parse else glm_format.ParsedPiece(text=visible)
                     if piece.text or piece.reasoning:
                         yield Chunk(text=piece.text, reasoning=piece.reasoning)
             finally:
                 if stream.outcome.result is None and stream.outcome.error is None:
                     stream.close()  # the consumer left early: stop generating before releasing the lock
-            tail = parser.feed(matcher.flush() if not matcher.stopped else "")
-            rest, calls = parser.finish()
-            stats = self._stats(stream.outcome.result, prompt_tokens, time.perf_counter() - started)
-            if stream.outcome.cancelled:
-                reason = "cancelled"
-            elif calls:
-                reason = "tool_calls"
-            elif not matcher.stopped and stats.generated_tokens >= config.max_new_tokens:
-                reason = "length"
+            tail_text = matcher.flush() if not matcher.stopped else ""
+            if parse:
+                tail = parser.feed(tail_text)
+                rest, calls = parser.finish()
             else:
-                reason = "stop"
+                tail, rest, calls = glm_format.ParsedPiece(text=tail_text), glm_format.ParsedPiece(), []
+            stats = self._stats(stream.outcome.result, prompt_tokens, time.perf_counter() - started)
+            reason = finish_reason(stream.outcome.cancelled, bool(calls), matcher.stopped, stats, config)
             yield Chunk(text=tail.text + rest.text, reasoning=tail.reasoning + rest.reasoning,
                         finish_reason=reason, tool_calls=[c.as_dict() for c in calls] or None, stats=stats)
 
@@ -282,6 +297,16 @@ class Model:
         return stats
 
 
+def finish_reason(cancelled: bool, tool_calls: bool, stop_string: bool, stats: GenerationStats, config) -> str:
+    if cancelled:
+        return "cancelled"
+    if tool_calls:
+        return "tool_calls"
+    if not stop_string and stats.generated_tokens >= config.max_new_tokens:
+        return "length"
+    return "stop"
+
+
 class Chat:
     """A conversation: `send` streams like `Model.stream` and records the turn in `messages`."""
 
@@ -354,10 +379,23 @@ class Chat:
             self.messages.append(reply.as_message())
 
 
-def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int | None = None,
-         min_response_len: int | None = None, cache: bool = True, warm_up: bool = False,
-         draft: str | Path | None = None, properties: dict[str, Any] | None = None) -> Model:
-    """Load a converted model folder on `device` ("CPU", "GPU", "GPU.1", "NPU", "AUTO")."""
+@dataclass
+class LoadPlan:
+    """A checked model folder and device, with the pipeline properties to open them with."""
+
+    folder: Path
+    device: str
+    manifest: Manifest | None
+    properties: dict[str, Any]
+
+    @property
+    def base_device(self) -> str:
+        return self.device.split(".")[0].split(":")[0]
+
+
+def plan_load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int | None = None,
+              min_response_len: int | None = None, cache: bool = True,
+              properties: dict[str, Any] | None = None) -> LoadPlan:
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise ModelFormatError(f"{folder}: no such model folder; convert one with `glm4-edge convert`")
@@ -369,10 +407,42 @@ def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int 
     device = devices.check_device(device)
     props = devices.pipeline_properties(device, manifest, folder, max_prompt_len, min_response_len, cache)
     props.update(properties or {})
-    base = device.split(".")[0].split(":")[0]
+    return LoadPlan(folder, device, manifest, props)
+
+
+def open_pipeline(plan: LoadPlan, factory) -> tuple[Any, float]:
+    """`factory()` builds the pipeline; an OpenVINO failure becomes one clear line."""
+    started = time.perf_counter()
+    try:
+        pipeline = factory()
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise Glm4EdgeError(f"OpenVINO could not load {plan.folder} on {plan.device}: {first[:300]}") from None
+    return pipeline, time.perf_counter() - started
+
+
+def model_facts(plan: LoadPlan, pipeline) -> tuple[int, str, list[int]]:
+    """(context length, generation prefix, stop ids) from the manifest, or the folder for foreign models."""
+    manifest = plan.manifest
+    context = manifest.context_length if manifest and manifest.context_length else _config_context(plan.folder)
+    if plan.base_device == "NPU":
+        context = plan.properties["MAX_PROMPT_LEN"] + plan.properties["MIN_RESPONSE_LEN"]
+    prefix = manifest.generation_prefix if manifest else _template_prefix(pipeline)
+    stop_ids = list(manifest.stop_token_ids) if manifest and manifest.stop_token_ids else sorted(
+        pipeline.get_generation_config().stop_token_ids)
+    return context, prefix, stop_ids
+
+
+def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int | None = None,
+         min_response_len: int | None = None, cache: bool = True, warm_up: bool = False,
+         draft: str | Path | None = None, properties: dict[str, Any] | None = None) -> Model:
+    """Load a converted model folder on `device` ("CPU", "GPU", "GPU.1", "NPU", "AUTO")."""
     import openvino_genai
 
-    if base in ("CPU", "GPU"):
+    plan = plan_load(path, device, max_prompt_len=max_prompt_len, min_response_len=min_response_len, cache=cache,
+                     properties=properties)
+    props = plan.properties
+    if plan.base_device in ("CPU", "GPU"):
         scheduler = openvino_genai.SchedulerConfig()
         scheduler.enable_prefix_caching = True  # multi-turn chats reuse the history's KV cache
         props.setdefault("scheduler_config", scheduler)
@@ -380,21 +450,11 @@ def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int 
         draft_folder = Path(draft).expanduser()
         if not (draft_folder / "openvino_model.xml").is_file():
             raise ModelFormatError(f"--draft {draft_folder} is not a converted model folder")
-        props["draft_model"] = openvino_genai.draft_model(str(draft_folder), base if base != "AUTO" else "CPU")
-    started = time.perf_counter()
-    try:
-        pipeline = openvino_genai.LLMPipeline(str(folder), device, **props)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise Glm4EdgeError(f"OpenVINO could not load {folder} on {device}: {first[:300]}") from None
-    load_s = time.perf_counter() - started
-    context = (manifest.context_length if manifest and manifest.context_length else _config_context(folder))
-    if base == "NPU":
-        context = props["MAX_PROMPT_LEN"] + props["MIN_RESPONSE_LEN"]
-    prefix = manifest.generation_prefix if manifest else _template_prefix(pipeline)
-    stop_ids = list(manifest.stop_token_ids) if manifest and manifest.stop_token_ids else sorted(
-        pipeline.get_generation_config().stop_token_ids)
-    model = Model(folder, device, pipeline, manifest, load_s, context, prefix, stop_ids)
+        target = plan.base_device if plan.base_device != "AUTO" else "CPU"
+        props["draft_model"] = openvino_genai.draft_model(str(draft_folder), target)
+    pipeline, load_s = open_pipeline(plan, lambda: openvino_genai.LLMPipeline(str(plan.folder), plan.device,
+                                                                               **props))
+    model = Model(plan.folder, plan.device, pipeline, plan.manifest, load_s, *model_facts(plan, pipeline))
     if warm_up:
         model.warm_up()
     return model

@@ -30,7 +30,6 @@ from . import glm_format
 from .batching import BatchedModel
 from .errors import BadParameterError, ContextOverflowError, Glm4EdgeError
 from .model import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Chunk, GenerationStats, Model
-from .streaming import CallbackStream
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -578,10 +577,6 @@ def parse_completion(body: dict) -> CompletionRequest:
 
 
 # --- generation (runs in worker threads) --------------------------------------------------------------
-#
-# Model has no public entry point below "messages": raw completions, response_format and a forced
-# tool call need the prompt text and the GenerationConfig. Until model.py grows `stream_prompt`,
-# this section reuses Model's private helpers exactly as `Model.stream` does.
 
 
 def _default_max_tokens(model: Model, prompt_tokens: int) -> int:
@@ -592,54 +587,10 @@ def _default_max_tokens(model: Model, prompt_tokens: int) -> int:
 
 def stream_prompt(model: Model, prompt: str, sampling: Sampling, cancel: threading.Event, *, parse: bool,
                   tool_names: Sequence[str] = (), json_schema: str | None = None) -> Iterator[Chunk]:
-    """`Model.stream` for a prompt already rendered: raw text (parse=False) or the reply split."""
-    inputs = model.tokenizer.encode(prompt, add_special_tokens=False)
-    prompt_tokens = int(inputs.input_ids.get_shape()[-1])
-    max_new_tokens = sampling.max_tokens or _default_max_tokens(model, prompt_tokens)
-    if model.context_length and prompt_tokens + max_new_tokens > model.context_length:
-        raise ContextOverflowError(prompt_tokens, max_new_tokens, model.context_length)
-    options = sampling.options(max_new_tokens)
-    stops = options.pop("stop")
-    config = model._generation_config(**options)
-    if json_schema is not None:
-        import openvino_genai
-
-        config.structured_output_config = openvino_genai.StructuredOutputConfig(json_schema=json_schema)
-    if isinstance(model, BatchedModel):
-        return model._stream(inputs, prompt_tokens, config, stops, list(tool_names), cancel, parse=parse)
-    if parse:
-        return model._stream(inputs, prompt_tokens, config, stops, list(tool_names), cancel)
-    return _raw_stream(model, inputs, prompt_tokens, config, stops, cancel)
-
-
-def _raw_stream(model: Model, inputs, prompt_tokens: int, config, stops: list[str],
-                cancel: threading.Event) -> Iterator[Chunk]:
-    """Model._stream without the reply parser: a completion is the model's text, as written."""
-    matcher = glm_format.StopMatcher(stops)
-    with model._lock:
-        started = time.perf_counter()
-        stream = CallbackStream(lambda callback: model.pipeline.generate(inputs, config, callback), cancel)
-        try:
-            for raw in stream:
-                if matcher.stopped:
-                    continue  # text the pipeline decoded before it saw the stop request
-                visible = matcher.feed(raw)
-                if matcher.stopped:
-                    stream.stop_requested.set()
-                if visible:
-                    yield Chunk(text=visible)
-        finally:
-            if stream.outcome.result is None and stream.outcome.error is None:
-                stream.close()
-        tail = matcher.flush() if not matcher.stopped else ""
-        stats = model._stats(stream.outcome.result, prompt_tokens, time.perf_counter() - started)
-        if stream.outcome.cancelled:
-            reason = "cancelled"
-        elif not matcher.stopped and stats.generated_tokens >= config.max_new_tokens:
-            reason = "length"
-        else:
-            reason = "stop"
-        yield Chunk(text=tail, finish_reason=reason, stats=stats)
+    """`Model.stream_prompt` with OpenAI's default for max_tokens: what the context leaves."""
+    max_new_tokens = sampling.max_tokens or _default_max_tokens(model, model.count_tokens(prompt))
+    return model.stream_prompt(prompt, parse=parse, tool_names=tool_names, json_schema=json_schema, cancel=cancel,
+                               **sampling.options(max_new_tokens))
 
 
 def _forced_tool_stream(raw: Iterator[Chunk], name: str) -> Iterator[Chunk]:
