@@ -1,0 +1,680 @@
+"""The browser chat: `build_app(model, kiosk_config=None) -> gr.Blocks` and `launch(...)`.
+
+One model serves every browser tab. Each tab keeps its own conversation in `gr.State`; answers go
+through Gradio's queue one at a time (one pipeline generates one answer at a time), and a per-tab
+cancel event lets Stop end generation in the runtime, not only in the page. Kiosk mode hides every
+setting, takes its texts from a small TOML file and forgets the conversation when nobody uses it.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Gradio reads this when it is imported: no analytics or version check calls leave the machine.
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from .errors import ContextOverflowError, Glm4EdgeError
+from .model import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Chunk, GenerationStats, Model
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+DEFAULT_TITLE = "GLM-4 Edge"
+DEFAULT_IDLE_MINUTES = 5.0
+DEFAULT_REPETITION_PENALTY = 1.0
+LANGUAGES = ("en", "zh")
+# The slider's upper end: the model's context, but no more than anyone waits for on a small device.
+MAX_NEW_TOKENS_LIMIT = 8192
+# Browsers struggle with thousands of DOM updates a second; tokens arriving faster are batched.
+STREAM_INTERVAL_S = 0.05
+# Each update re-renders the whole answer's Markdown, so long answers update less often: a kiosk's
+# small CPU then keeps up instead of falling behind the model (and behind its own Stop button).
+RENDER_CHARS_PER_S = 50_000
+# Idle checks run in the browser; a few per timeout window is precise enough.
+IDLE_CHECKS_PER_TIMEOUT = 6
+MAX_IDLE_CHECK_S = 30.0
+# Visitors beyond this wait count get "queue full" instead of an ever longer wait.
+QUEUE_MAX_SIZE = 64
+MODEL_CONCURRENCY_ID = "model"
+
+DEFAULT_EXAMPLES = (
+    "Explain in two sentences what OpenVINO does.",
+    "Write a haiku about a lighthouse at night.",
+    "用三句话介绍一下长城。",
+    "把“早上好”翻译成英文和日文。",
+)
+
+# System fonts only: the default theme's web fonts would be one more thing to serve, and CJK text
+# needs a CJK font (Noto CJK on Linux, YaHei / PingFang elsewhere) that no web font bundle carries.
+SYSTEM_FONTS = ("system-ui", "-apple-system", "Segoe UI", "Roboto", "Noto Sans", "Noto Sans CJK SC",
+                "Microsoft YaHei", "PingFang SC", "Helvetica Neue", "Arial", "sans-serif")
+MONO_FONTS = ("ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "Noto Sans Mono CJK SC",
+              "DejaVu Sans Mono", "monospace")
+
+STRINGS: dict[str, dict[str, str]] = {
+    "en": {
+        "placeholder": "Type a message and press Enter",
+        "send": "Send",
+        "stop": "Stop",
+        "regenerate": "Regenerate",
+        "clear": "Clear",
+        "new_chat": "New chat",
+        "settings": "Settings",
+        "system_prompt": "System prompt",
+        "system_placeholder": "e.g. You are a concise assistant.",
+        "temperature": "Temperature (0 = greedy)",
+        "top_p": "Top-p",
+        "max_new_tokens": "Max new tokens",
+        "repetition_penalty": "Repetition penalty",
+        "tools": "Tools (JSON list of function schemas)",
+        "thinking": "Thinking",
+        "tool_call": "Tool call",
+        "error": "Error",
+        "device_error": "The device failed; restart `glm4-edge ui` or pick another --device",
+        "bad_tools": "Tools must be a JSON list of function schemas",
+        "welcome": "Ask me anything, or tap an example to start.",
+        "idle_note": "The conversation is cleared after {minutes:g} minutes without use.",
+        "ttft": "TTFT",
+        "tok_s": "tok/s",
+        "tokens": "tokens",
+        "finish_length": "length limit",
+        "finish_cancelled": "stopped",
+        "finish_tool_calls": "tool call",
+        "trimmed": "oldest turns forgotten to fit the context",
+    },
+    "zh": {
+        "placeholder": "输入消息，按回车发送",
+        "send": "发送",
+        "stop": "停止",
+        "regenerate": "重新生成",
+        "clear": "清空",
+        "new_chat": "新对话",
+        "settings": "设置",
+        "system_prompt": "系统提示词",
+        "system_placeholder": "例如：你是一个简洁的助手。",
+        "temperature": "温度（0 = 贪心）",
+        "top_p": "Top-p",
+        "max_new_tokens": "最大生成长度",
+        "repetition_penalty": "重复惩罚",
+        "tools": "工具（函数定义的 JSON 列表）",
+        "thinking": "思考过程",
+        "tool_call": "工具调用",
+        "error": "出错了",
+        "device_error": "设备出错；请重启 `glm4-edge ui` 或换一个 --device",
+        "bad_tools": "工具必须是函数定义的 JSON 列表",
+        "welcome": "有什么想问的？也可以点一个示例开始。",
+        "idle_note": "{minutes:g} 分钟无操作后，对话会自动清空。",
+        "ttft": "首字延迟",
+        "tok_s": "词元/秒",
+        "tokens": "词元",
+        "finish_length": "达到长度上限",
+        "finish_cancelled": "已停止",
+        "finish_tool_calls": "工具调用",
+        "trimmed": "为放入上下文，已忘记最早的几轮对话",
+    },
+}
+
+CSS = """
+#model-info { opacity: 0.8; }
+.answer-footer { display: block; margin-top: 0.6em; font-size: 0.8em; opacity: 0.65; }
+footer { visibility: visible; }
+"""
+
+# Kiosk: big type and big touch targets (about 60 px, above the 48 px touch guideline).
+KIOSK_CSS = CSS + """
+#kiosk-title h1 { font-size: 2.4rem; margin: 0.2em 0; }
+#kiosk-welcome { font-size: 1.3rem; }
+#chatbot .message, #chatbot .message * { font-size: 1.35rem; line-height: 1.55; }
+#prompt textarea { font-size: 1.4rem !important; min-height: 60px; }
+button { min-height: 60px; font-size: 1.3rem !important; }
+#chatbot .example { min-height: 60px; font-size: 1.2rem; }
+"""
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class KioskConfig:
+    """What a kiosk shows; read from TOML with `load_kiosk_config`."""
+
+    title: str = DEFAULT_TITLE
+    welcome: str = ""  # empty: a default greeting in `language`
+    language: str = "en"
+    idle_minutes: float = DEFAULT_IDLE_MINUTES  # 0 = never clear
+    examples: tuple[str, ...] = ()  # empty: the built-in en/zh examples
+    system_prompt: str = ""
+
+
+_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
+    "title": (str,), "welcome": (str,), "language": (str,), "idle_minutes": (int, float),
+    "examples": (list,), "system_prompt": (str,),
+}
+
+
+def load_kiosk_config(path: str | Path) -> KioskConfig:
+    """Read and check a kiosk TOML file; any problem is one actionable `Glm4EdgeError` line."""
+    path = Path(path).expanduser()
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: the same parser, packaged separately
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise Glm4EdgeError("--config needs Python 3.11+ (or `pip install tomli` on 3.10)") from None
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise Glm4EdgeError(f"--config {path}: no such file; see docs/kiosk.example.toml") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise Glm4EdgeError(f"--config {path}: cannot read it ({error})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise Glm4EdgeError(f"--config {path}: not valid TOML ({error})") from None
+    unknown = sorted(set(data) - set(_CONFIG_TYPES))
+    if unknown:
+        raise Glm4EdgeError(f"--config {path}: unknown key(s) {', '.join(unknown)}; "
+                            f"known keys: {', '.join(_CONFIG_TYPES)}")
+    for key, value in data.items():
+        expected = _CONFIG_TYPES[key]
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise Glm4EdgeError(f"--config {path}: {key} must be {_type_words(expected)}, "
+                                f"got {type(value).__name__}")
+    if data.get("language", "en") not in LANGUAGES:
+        raise Glm4EdgeError(f"--config {path}: language must be one of {', '.join(LANGUAGES)}, "
+                            f"got {data['language']!r}")
+    if data.get("idle_minutes", 0) < 0:
+        raise Glm4EdgeError(f"--config {path}: idle_minutes must be 0 (never) or more, "
+                            f"got {data['idle_minutes']}")
+    examples = data.get("examples", [])
+    if not all(isinstance(item, str) and item.strip() for item in examples):
+        raise Glm4EdgeError(f"--config {path}: examples must be a list of non-empty strings")
+    return KioskConfig(**{**data, "examples": tuple(examples)})
+
+
+def _type_words(types: tuple[type, ...]) -> str:
+    words = {str: "a string", int: "a number", float: "a number", list: "a list"}
+    return " or ".join(dict.fromkeys(words[t] for t in types))
+
+
+def parse_auth(value: str | None) -> tuple[str, str] | None:
+    """`USER:PASS` -> (user, pass); the password may itself contain colons."""
+    if value is None:
+        return None
+    user, colon, password = value.partition(":")
+    if not colon or not user or not password:
+        raise Glm4EdgeError("--auth must be USER:PASS with a non-empty user and password, "
+                            "e.g. --auth kiosk:s3cret")
+    return user, password
+
+
+# --- per-tab state ------------------------------------------------------------------------------
+
+@dataclass
+class Conversation:
+    """One tab's chat: what the Chatbot shows and what the model is sent (reasoning stays out)."""
+
+    display: list[dict[str, Any]] = field(default_factory=list)
+    turns: list[dict[str, Any]] = field(default_factory=list)
+    pending: bool = False  # a user turn waits for its answer
+    active: float = 0.0  # time.monotonic() of the last use, for the kiosk idle reset
+    epoch: int = 0  # `_Control.epoch` when the pending turn was added
+
+
+@dataclass
+class _Control:
+    """Server-side handles for one tab; gr.State values are deep-copied and cannot hold events."""
+
+    cancel: threading.Event = field(default_factory=threading.Event)
+    busy: bool = False
+    epoch: int = 0  # bumped by Clear, so an answer still streaming for the old chat is dropped
+
+
+class _Controls:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tabs: dict[str, _Control] = {}
+
+    def get(self, request: gr.Request | None) -> _Control:
+        key = getattr(request, "session_hash", None) or "default"
+        with self._lock:
+            return self._tabs.setdefault(key, _Control())
+
+    def drop(self, request: gr.Request | None) -> None:
+        key = getattr(request, "session_hash", None) or "default"
+        with self._lock:
+            control = self._tabs.pop(key, None)
+        if control is not None:
+            control.cancel.set()  # a closed tab must not keep the model busy for everyone else
+
+
+# --- one answer ---------------------------------------------------------------------------------
+
+_DONE = object()
+
+
+@dataclass
+class _Answer:
+    """An answer as it streams in, turned into Chatbot messages by `messages`."""
+
+    strings: dict[str, str]
+    reasoning: str = ""
+    text: str = ""
+    tool_calls: list[dict[str, str]] = field(default_factory=list)
+    finish_reason: str | None = None
+    stats: GenerationStats | None = None
+    error: str = ""
+    trimmed: bool = False
+    started: float = field(default_factory=time.monotonic)
+    reasoning_s: float | None = None
+
+    def add(self, chunk: Chunk) -> None:
+        self.reasoning += chunk.reasoning
+        if chunk.text and self.reasoning and self.reasoning_s is None:
+            self.reasoning_s = time.monotonic() - self.started
+        self.text += chunk.text
+        if chunk.finish_reason:
+            self.finish_reason, self.stats = chunk.finish_reason, chunk.stats
+            self.tool_calls = list(chunk.tool_calls or [])
+            if self.reasoning_s is None and self.reasoning:
+                self.reasoning_s = time.monotonic() - self.started
+
+    @property
+    def size(self) -> int:
+        return len(self.reasoning) + len(self.text)
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None or bool(self.error)
+
+    def messages(self) -> list[dict[str, Any]]:
+        s = self.strings
+        out: list[dict[str, Any]] = []
+        if self.reasoning:
+            thinking = not self.text and not self.done
+            metadata: dict[str, Any] = {"title": s["thinking"], "status": "pending" if thinking else "done"}
+            if self.reasoning_s is not None:
+                metadata["duration"] = round(self.reasoning_s, 1)
+            out.append({"role": "assistant", "content": self.reasoning, "metadata": metadata})
+        for call in self.tool_calls:
+            out.append({"role": "assistant", "content": _tool_call_markdown(call),
+                        "metadata": {"title": f"🛠 {s['tool_call']}: {call['name']}"}})
+        body = self.text
+        if self.error:
+            body = (body + "\n\n" if body else "") + f"⚠️ **{s['error']}:** {self.error}"
+        footer = self.footer()
+        if footer:
+            body = (body + "\n\n" if body else "") + f'<span class="answer-footer">{footer}</span>'
+        if body:
+            out.append({"role": "assistant", "content": body})
+        return out
+
+    def footer(self) -> str:
+        if self.stats is None:
+            return ""
+        s, stats = self.strings, self.stats
+        ttft = f"{stats.ttft_s * 1000:.0f} ms" if stats.ttft_s is not None else "–"
+        rate = f"{stats.tokens_per_s:.1f}" if stats.tokens_per_s else "–"
+        parts = [f"{s['ttft']} {ttft}", f"{rate} {s['tok_s']}", f"{stats.generated_tokens} {s['tokens']}",
+                 stats.device]
+        if self.finish_reason and self.finish_reason != "stop":
+            parts.append(s.get(f"finish_{self.finish_reason}", self.finish_reason))
+        if self.trimmed:
+            parts.append(s["trimmed"])
+        return " · ".join(parts)
+
+    def as_turn(self) -> dict[str, Any]:
+        turn: dict[str, Any] = {"role": "assistant", "content": self.text}
+        if self.tool_calls:
+            turn["tool_calls"] = [{"type": "function", "function": dict(call)} for call in self.tool_calls]
+        return turn
+
+
+def _tool_call_markdown(call: dict[str, str]) -> str:
+    try:
+        arguments = json.dumps(json.loads(call["arguments"]), ensure_ascii=False, indent=2)
+    except ValueError:
+        arguments = call["arguments"]
+    return f"```json\n{arguments}\n```"
+
+
+def _drop_oldest_turn(turns: list[dict[str, Any]]) -> bool:
+    """Forget the oldest user turn and its answer; keep the system prompt and the newest turn."""
+    start = 1 if turns and turns[0]["role"] == "system" else 0
+    users = [i for i, turn in enumerate(turns) if turn["role"] == "user" and i >= start]
+    if len(users) < 2:
+        return False
+    del turns[start:users[1]]
+    return True
+
+
+def _generate_into(model: Model, messages: list[dict[str, Any]], options: dict[str, Any],
+                   cancel: threading.Event, out: queue.SimpleQueue, trim: bool) -> None:
+    """Worker thread: drain the runtime's stream into `out`.
+
+    The runtime holds its lock while its generator is open. Draining it here, instead of in
+    Gradio's generator, means the lock is released even if Gradio abandons the page's request.
+    """
+    try:
+        while True:
+            try:
+                stream = model.stream(messages, cancel=cancel, **options)
+                break
+            except ContextOverflowError:
+                if not trim or not _drop_oldest_turn(messages):
+                    raise
+                out.put("trimmed")
+        for chunk in stream:
+            out.put(chunk)
+    except Exception as error:  # noqa: BLE001 - every failure becomes a message in the chat
+        out.put(error)
+    finally:
+        out.put(_DONE)
+
+
+def _error_text(error: Exception, strings: dict[str, str]) -> str:
+    if isinstance(error, Glm4EdgeError):
+        return str(error)
+    # OpenVINO reports a lost or hung device as RuntimeError; the operator gets the whole trace.
+    log.error("generation failed", exc_info=error)
+    first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+    return f"{strings['device_error']} ({first})"
+
+
+# --- the app ------------------------------------------------------------------------------------
+
+def model_summary(model: Model) -> str:
+    compression = model.manifest.compression.weight_format if model.manifest else "unknown format"
+    return f"**{model.name}** · {model.family} · {compression} · {model.device}"
+
+
+def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_prompt: str = "",
+              temperature: float = DEFAULT_TEMPERATURE, top_p: float = DEFAULT_TOP_P,
+              max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+              repetition_penalty: float = DEFAULT_REPETITION_PENALTY, seed: int | None = None,
+              language: str = "en") -> gr.Blocks:
+    """The chat page for `model`; `kiosk_config` (even an empty `KioskConfig()`) means kiosk mode."""
+    kiosk = kiosk_config is not None
+    config = kiosk_config or KioskConfig(language=language, system_prompt=system_prompt)
+    s = STRINGS[config.language]
+    fixed_system = (config.system_prompt or system_prompt) if kiosk else ""
+    examples = list(config.examples or DEFAULT_EXAMPLES)
+    idle_s = config.idle_minutes * 60 if kiosk else 0.0
+    max_tokens_limit = max(1, min(MAX_NEW_TOKENS_LIMIT, model.context_length or MAX_NEW_TOKENS_LIMIT))
+    controls = _Controls()
+
+    with gr.Blocks(title=config.title, analytics_enabled=False, fill_height=kiosk, fill_width=kiosk) as app:
+        conversation = gr.State(Conversation())
+        if kiosk:
+            gr.Markdown(f"# {config.title}", elem_id="kiosk-title")
+            welcome = config.welcome or s["welcome"]
+            if idle_s:
+                welcome += "  \n" + s["idle_note"].format(minutes=config.idle_minutes)
+            gr.Markdown(welcome, elem_id="kiosk-welcome")
+        else:
+            gr.Markdown(f"# {config.title}")
+        gr.Markdown(model_summary(model), elem_id="model-info")
+
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                chatbot = gr.Chatbot(
+                    elem_id="chatbot", show_label=False, height=None if kiosk else 560, min_height=420,
+                    scale=1, examples=[{"text": example} for example in examples],
+                    placeholder=None if kiosk else s["welcome"], buttons=["copy"] if not kiosk else [],
+                    feedback_options=None, layout="bubble", autoscroll=True)
+                with gr.Row(equal_height=True):
+                    prompt = gr.Textbox(elem_id="prompt", show_label=False, placeholder=s["placeholder"],
+                                        lines=1, max_lines=6, scale=6, autofocus=True, submit_btn=False)
+                    send = gr.Button(s["send"], elem_id="send", variant="primary", scale=1, min_width=90)
+                    stop = gr.Button(s["stop"], elem_id="stop", variant="stop", scale=1, min_width=90)
+                with gr.Row():
+                    size = "lg" if kiosk else "sm"
+                    regenerate = gr.Button(s["regenerate"], elem_id="regenerate", size=size)
+                    clear = gr.Button(s["new_chat"] if kiosk else s["clear"], elem_id="clear", size=size)
+            settings: list[gr.components.Component] = []
+            if not kiosk:
+                with gr.Column(scale=1, min_width=280, elem_id="settings"):
+                    gr.Markdown(f"### {s['settings']}")
+                    system_box = gr.Textbox(system_prompt, label=s["system_prompt"], elem_id="system-prompt",
+                                            placeholder=s["system_placeholder"], lines=3, max_lines=10)
+                    temperature_slider = gr.Slider(0.0, 2.0, value=temperature, step=0.05,
+                                                   label=s["temperature"], elem_id="temperature")
+                    top_p_slider = gr.Slider(0.05, 1.0, value=top_p, step=0.05, label=s["top_p"],
+                                             elem_id="top-p")
+                    max_tokens_slider = gr.Slider(1, max_tokens_limit, step=1, label=s["max_new_tokens"],
+                                                  value=min(max_new_tokens, max_tokens_limit),
+                                                  elem_id="max-new-tokens")
+                    repetition_slider = gr.Slider(1.0, 2.0, value=repetition_penalty, step=0.05,
+                                                  label=s["repetition_penalty"], elem_id="repetition-penalty")
+                    with gr.Accordion(s["tools"], open=False):
+                        tools_box = gr.Textbox(show_label=False, lines=6, max_lines=20, elem_id="tools",
+                                               placeholder='[{"type": "function", "function": {"name": '
+                                                           '"get_weather", "parameters": {...}}}]')
+                    settings = [system_box, temperature_slider, top_p_slider, max_tokens_slider,
+                                repetition_slider, tools_box]
+
+        # --- handlers -----------------------------------------------------------------------------
+
+        def add_user(text: str, conv: Conversation, request: gr.Request):
+            control = controls.get(request)
+            text = (text or "").strip()
+            if not text or control.busy:
+                # While this tab's answer is queued or streaming, the text stays in the box for later;
+                # `conv` is left alone, as that answer's step still has to find its pending turn.
+                return gr.skip(), gr.skip(), gr.skip()
+            if conv.turns and conv.turns[-1]["role"] == "user":
+                conv.turns.pop()  # an earlier question whose answer failed: the user moved on
+            conv.display.append({"role": "user", "content": text})
+            conv.turns.append({"role": "user", "content": text})
+            conv.pending, conv.active, conv.epoch = True, time.monotonic(), control.epoch
+            control.busy = True
+            control.cancel = threading.Event()  # fresh per answer, so an old Stop never hits the next one
+            return "", list(conv.display), conv
+
+        def add_example(event: gr.SelectData, conv: Conversation, request: gr.Request):
+            value = event.value if isinstance(event.value, dict) else {"text": str(event.value)}
+            return add_user(value.get("text", ""), conv, request)
+
+        def retry(conv: Conversation, request: gr.Request):
+            control = controls.get(request)
+            users = [i for i, m in enumerate(conv.display) if m["role"] == "user"]
+            turn_users = [i for i, m in enumerate(conv.turns) if m["role"] == "user"]
+            if control.busy or not users or not turn_users:
+                return gr.skip(), gr.skip()
+            del conv.display[users[-1] + 1:]
+            del conv.turns[turn_users[-1] + 1:]
+            conv.pending, conv.active, conv.epoch = True, time.monotonic(), control.epoch
+            control.busy = True
+            control.cancel = threading.Event()
+            return list(conv.display), conv
+
+        def answer(conv: Conversation, values: tuple[Any, ...],
+                   request: gr.Request) -> Iterator[tuple[Any, Conversation]]:
+            control = controls.get(request)
+            epoch, cancel = conv.epoch, control.cancel
+            if not conv.pending or epoch != control.epoch:  # nothing asked, or Clear came first
+                yield gr.skip(), gr.skip()
+                return
+            conv.pending = False
+            result = _Answer(s)
+            finished = False
+            try:
+                try:
+                    options, system = _options(values)
+                except Glm4EdgeError as error:  # a bad setting on the page: say so in the chat
+                    result.error = str(error)
+                    conv.display.extend(result.messages())
+                    finished = True
+                    yield list(conv.display), conv
+                    return
+                messages = ([{"role": "system", "content": system}] if system else []) + conv.turns
+                out: queue.SimpleQueue = queue.SimpleQueue()
+                worker = threading.Thread(target=_generate_into, name="glm4-edge-ui-answer", daemon=True,
+                                          args=(model, messages, options, cancel, out, kiosk))
+                worker.start()
+                base = list(conv.display)
+                last_yield, dirty, interval = 0.0, False, STREAM_INTERVAL_S
+                while True:
+                    wait = max(0.0, last_yield + interval - time.monotonic()) if dirty else None
+                    try:
+                        item = out.get(timeout=wait)
+                    except queue.Empty:
+                        item = None
+                    if item is _DONE:
+                        break
+                    if isinstance(item, Chunk):
+                        result.add(item)
+                        dirty = True
+                    elif isinstance(item, Exception):
+                        result.error = _error_text(item, s)
+                    elif item == "trimmed":
+                        result.trimmed = True
+                    if control.epoch != epoch:
+                        return  # Clear was pressed: this answer belongs to a chat that is gone
+                    if dirty and time.monotonic() - last_yield >= interval:
+                        yield base + result.messages(), conv
+                        last_yield, dirty = time.monotonic(), False
+                        interval = max(STREAM_INTERVAL_S, result.size / RENDER_CHARS_PER_S)
+                finished = True
+            finally:
+                if not finished:
+                    cancel.set()  # Clear, or the page went away mid-answer: free the model for the next one
+                if control.epoch == epoch:  # after Clear, `busy` may already belong to a newer answer
+                    control.busy = False
+            if control.epoch != epoch:
+                return
+            if result.trimmed:
+                # Keep the model's view and ours in step: the runtime saw the trimmed history.
+                conv.turns = messages[1:] if system else messages
+            if not result.error:
+                conv.turns.append(result.as_turn())
+            conv.display = base + result.messages()
+            conv.active = time.monotonic()
+            yield list(conv.display), conv
+
+        def _options(values: tuple[Any, ...]) -> tuple[dict[str, Any], str]:
+            if kiosk:
+                options = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
+                           "repetition_penalty": repetition_penalty}
+                system, tools = fixed_system, None
+            else:
+                system, temp, top, max_tokens, repetition, tools_text = values
+                options = {"temperature": float(temp), "top_p": float(top), "max_new_tokens": int(max_tokens),
+                           "repetition_penalty": float(repetition)}
+                tools = _parse_tools(tools_text, s)
+            if seed is not None:
+                options["seed"] = seed
+            if tools:
+                options["tools"] = tools
+            return options, (system or "").strip()
+
+        # Gradio passes gr.Request only to a parameter it can see, so each mode gets its own signature.
+        def answer_kiosk(conv: Conversation, request: gr.Request) -> Iterator[tuple[Any, Conversation]]:
+            yield from answer(conv, (), request)
+
+        def answer_desktop(conv: Conversation, system: str, temp: float, top: float, max_tokens: float,
+                           repetition: float, tools_text: str,
+                           request: gr.Request) -> Iterator[tuple[Any, Conversation]]:
+            yield from answer(conv, (system, temp, top, max_tokens, repetition, tools_text), request)
+
+        def release(conv: Conversation, request: gr.Request) -> None:
+            # The answer step frees the tab itself; this covers a step that never ran (queue full).
+            control = controls.get(request)
+            if conv.pending and conv.epoch == control.epoch:
+                conv.pending, control.busy = False, False
+
+        def stop_answer(request: gr.Request) -> None:
+            controls.get(request).cancel.set()
+
+        def reset(request: gr.Request):
+            control = controls.get(request)
+            control.cancel.set()
+            control.epoch += 1
+            control.busy = False
+            fresh = Conversation(active=time.monotonic(), epoch=control.epoch)
+            return [], fresh, ""
+
+        def idle_check(conv: Conversation, request: gr.Request):
+            control = controls.get(request)
+            if control.busy or not conv.display or time.monotonic() - conv.active < idle_s:
+                return gr.skip(), gr.skip(), gr.skip()
+            return reset(request)
+
+        def forget_tab(request: gr.Request) -> None:
+            controls.drop(request)
+
+        # --- wiring -------------------------------------------------------------------------------
+
+        # Every endpoint is private: the chat turn is split over several steps that only make sense
+        # to this page. Programs should use `glm4-edge serve` (OpenAI-compatible) instead.
+        instant = {"queue": False, "show_progress": "hidden", "api_visibility": "private"}
+        answer_fn = answer_kiosk if kiosk else answer_desktop
+
+        def then_answer(first_step: Any) -> None:
+            first_step.then(answer_fn, [conversation, *settings], [chatbot, conversation],
+                            concurrency_limit=1, concurrency_id=MODEL_CONCURRENCY_ID, show_progress="minimal",
+                            api_visibility="private").then(release, [conversation], None, **instant)
+
+        for trigger in (prompt.submit, send.click):
+            then_answer(trigger(add_user, [prompt, conversation], [prompt, chatbot, conversation], **instant))
+        then_answer(chatbot.example_select(add_example, [conversation], [prompt, chatbot, conversation],
+                                           **instant))
+        then_answer(regenerate.click(retry, [conversation], [chatbot, conversation], **instant))
+        # Stop runs outside the queue: queued behind the answer it is meant to stop, it would be useless.
+        stop.click(stop_answer, None, None, **instant)
+        clear.click(reset, None, [chatbot, conversation, prompt], **instant)
+        chatbot.clear(reset, None, [chatbot, conversation, prompt], **instant)  # the Chatbot's own bin icon
+        if idle_s:
+            timer = gr.Timer(min(MAX_IDLE_CHECK_S, idle_s / IDLE_CHECKS_PER_TIMEOUT))
+            timer.tick(idle_check, [conversation], [chatbot, conversation, prompt], **instant)
+        app.unload(forget_tab)
+
+    app.glm4_edge_kiosk = kiosk  # read by `launch` for the theme, CSS and footer
+    return app
+
+
+def _parse_tools(text: str | None, strings: dict[str, str]) -> list[dict] | None:
+    if not text or not text.strip():
+        return None
+    try:
+        tools = json.loads(text)
+    except ValueError as error:
+        raise Glm4EdgeError(f"{strings['bad_tools']} ({error})") from None
+    if isinstance(tools, dict):
+        tools = [tools]
+    if not isinstance(tools, list) or not all(isinstance(tool, dict) for tool in tools):
+        raise Glm4EdgeError(strings["bad_tools"])
+    return tools
+
+
+def theme(kiosk: bool) -> gr.themes.Base:
+    size = "lg" if kiosk else "md"
+    return gr.themes.Default(font=list(SYSTEM_FONTS), font_mono=list(MONO_FONTS), text_size=size,
+                             spacing_size=size, radius_size=size)
+
+
+def launch(app: gr.Blocks, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+           auth: tuple[str, str] | None = None, block: bool = True, quiet: bool = False) -> gr.Blocks:
+    """Serve `app` on host:port; never through a public share link. `block=False` returns at once."""
+    kiosk = bool(getattr(app, "glm4_edge_kiosk", False))
+    app.queue(default_concurrency_limit=1, max_size=QUEUE_MAX_SIZE)
+    try:
+        app.launch(server_name=host, server_port=port, share=False, auth=auth, inbrowser=False,
+                   prevent_thread_lock=not block, quiet=quiet, show_error=False, ssr_mode=False,
+                   footer_links=[] if kiosk else ["gradio", "settings"], mcp_server=False, pwa=False,
+                   theme=theme(kiosk), css=KIOSK_CSS if kiosk else CSS)
+    except OSError as error:
+        raise Glm4EdgeError(f"cannot serve on {host}:{port} ({error}); "
+                            "pick another --port or --host") from None
+    return app
