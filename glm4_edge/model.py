@@ -108,6 +108,11 @@ class Model:
         return self.manifest.family if self.manifest else "unknown"
 
     @property
+    def busy(self) -> bool:
+        """True while a generation holds the pipeline."""
+        return self._lock.locked()
+
+    @property
     def starts_in_reasoning(self) -> bool:
         return self.generation_prefix.rstrip().endswith(glm_format.THINK_OPEN)
 

@@ -167,13 +167,8 @@ _CONFIG_TYPES: dict[str, tuple[type, ...]] = {
 def load_kiosk_config(path: str | Path) -> KioskConfig:
     """Read and check a kiosk TOML file; any problem is one actionable `Glm4EdgeError` line."""
     path = Path(path).expanduser()
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10: the same parser, packaged separately
-        try:
-            import tomli as tomllib
-        except ImportError:
-            raise Glm4EdgeError("--config needs Python 3.11+ (or `pip install tomli` on 3.10)") from None
+    import tomllib
+
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -93,7 +93,7 @@ def test_break_stops_generation_and_frees_the_model(looping):
             break
     stream.close()
     assert time.perf_counter() - started < 10
-    assert not looping._lock.locked()
+    assert not looping.busy
     reply = looping.generate("x", max_new_tokens=5, **GREEDY)  # usable at once
     assert reply.stats.generated_tokens == 5
 

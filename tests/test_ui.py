@@ -264,9 +264,9 @@ def test_stop_ends_generation_in_the_runtime(long_looping, page):
         time.sleep(0.5)
         assert _last_bot_text(page) == stopped_text  # nothing streams after Stop
         deadline = time.monotonic() + 5
-        while model._lock.locked() and time.monotonic() < deadline:  # the runtime itself has stopped
+        while model.busy and time.monotonic() < deadline:  # the runtime itself has stopped
             time.sleep(0.05)
-        assert not model._lock.locked()
+        assert not model.busy
 
 
 def test_each_tab_has_its_own_chat_and_answers_queue(long_looping, new_tab):
