@@ -398,9 +398,8 @@ class LoadPlan:
         return self.device.split(".")[0].split(":")[0]
 
 
-def plan_load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int | None = None,
-              min_response_len: int | None = None, cache: bool = True,
-              properties: dict[str, Any] | None = None) -> LoadPlan:
+def check_model_folder(path: str | Path) -> Path:
+    """The folder, if it holds a converted model; else a ModelFormatError saying what to do."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise ModelFormatError(f"{folder}: no such model folder; convert one with `glm4-edge convert`")
@@ -408,6 +407,13 @@ def plan_load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len:
     if missing:
         raise ModelFormatError(f"{folder} is not an OpenVINO model folder (missing {', '.join(missing)}); "
                                "convert the checkpoint with `glm4-edge convert`")
+    return folder
+
+
+def plan_load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int | None = None,
+              min_response_len: int | None = None, cache: bool = True,
+              properties: dict[str, Any] | None = None) -> LoadPlan:
+    folder = check_model_folder(path)
     manifest = read_manifest(folder)
     device = devices.check_device(device)
     props = devices.pipeline_properties(device, manifest, folder, max_prompt_len, min_response_len, cache)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 from pathlib import Path
 
 from ..model import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Model, load
@@ -34,3 +35,13 @@ def load_model(args: argparse.Namespace, warm_up: bool = False) -> Model:
     return load(args.model, args.device, max_prompt_len=args.max_prompt_len,
                 min_response_len=args.min_response_len, cache=not args.no_cache, draft=args.draft,
                 warm_up=warm_up)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import sys
 from functools import partial
 
 from ..batching import BATCHING_DEVICES, load_batched
 from ..errors import Glm4EdgeError
 from ..manifest import read_manifest
-from ..model import REQUIRED_FILES, load
-from .common import add_model_args
+from ..model import check_model_folder, load
+from .common import add_model_args, is_loopback
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -58,19 +57,13 @@ def run(args: argparse.Namespace) -> int:
     for origin in args.allow_origin:
         if origin != "*" and not origin.startswith(("http://", "https://")):
             raise Glm4EdgeError(f"--allow-origin {origin}: give a full origin like http://localhost:3000")
-    folder = args.model.expanduser()
     # Check the folder before binding: a typo should fail now, not after the server reports ready to load.
-    if not folder.is_dir():
-        raise Glm4EdgeError(f"{folder}: no such model folder; convert one with `glm4-edge convert`")
-    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
-    if missing:
-        raise Glm4EdgeError(f"{folder} is not an OpenVINO model folder (missing {', '.join(missing)}); "
-                            "convert the checkpoint with `glm4-edge convert`")
+    folder = check_model_folder(args.model)
     manifest = read_manifest(folder)
     default_name = manifest.name if manifest else folder.resolve().name
     name = args.model_name or default_name
     api_key = server.api_key_from_env(args.api_key)
-    if api_key is None and not _is_loopback(args.host):
+    if api_key is None and not is_loopback(args.host):
         print(f"glm4-edge serve: warning: {args.host} is reachable from other machines and no API key is set "
               f"(--api-key or ${server.API_KEY_ENV})", file=sys.stderr)
     batching = args.batching if args.batching is not None else args.max_concurrency > 1
@@ -98,11 +91,3 @@ def run(args: argparse.Namespace) -> int:
         pass
     return 0
 
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

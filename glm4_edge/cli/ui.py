@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import sys
 import time
 from pathlib import Path
 
 from ..errors import Glm4EdgeError
-from .common import add_model_args, add_sampling_args, load_model
+from .common import add_model_args, add_sampling_args, is_loopback, load_model
 
 # Duplicated from glm4_edge.ui on purpose: importing it loads Gradio, far too slow for `--help`.
 DEFAULT_HOST = "127.0.0.1"
@@ -55,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     app = ui.build_app(model, kiosk_config, system_prompt=args.system, temperature=args.temperature,
                        top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                        repetition_penalty=args.repetition_penalty, seed=args.seed)
-    if not _is_loopback(args.host) and auth is None:
+    if not is_loopback(args.host) and auth is None:
         print(f"glm4-edge ui: note: listening on {args.host} without --auth; anyone on the network can chat",
               file=sys.stderr)
     try:
@@ -72,11 +71,3 @@ def run(args: argparse.Namespace) -> int:
         app.close()
     return 0
 
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
