@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +31,13 @@ class Case:
     task: str
     messages: list[dict[str, Any]]
     expected: str
+    last_number: bool = False  # the answer's last number must be `expected` (not just contain it)
+
+    def passed(self, reply: str) -> bool:
+        if self.last_number:
+            numbers = re.findall(r"\d+", reply)
+            return bool(numbers) and numbers[-1] == self.expected
+        return self.expected in reply
 
 
 @dataclass
@@ -176,7 +184,7 @@ def builtin_cases(per_task: int, seed: int | None = None) -> list[Case]:
     cases = []
     for make in (tiny_tasks.addition_cases, tiny_tasks.recall_cases):
         for case in make(seed, per_task):
-            cases.append(Case(case["task"], case["messages"], case["expected"]))
+            cases.append(Case(case["task"], case["messages"], case["expected"], case["task"] == "addition"))
     return cases
 
 
@@ -254,7 +262,7 @@ def evaluate(model_path: Path, reference_path: Path | None = None, tasks: str = 
             rates.append(rate)
         score = scores.setdefault(case.task, TaskScore(case.task, 0, 0))
         score.total += 1
-        score.correct += int(case.expected in text)
+        score.correct += int(case.passed(text))
     report.tasks = list(scores.values())
     report.decode_tokens_per_s = float(np.median(rates)) if rates else None
     if reference_path is not None:

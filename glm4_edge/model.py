@@ -25,6 +25,9 @@ DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 0.8
 DEFAULT_DEVICE = "CPU"
 DEFAULT_CONTEXT = 8192
+# Tokens proposed per step by a draft model or prompt lookup, and the n-gram prompt lookup matches.
+DEFAULT_ASSISTANT_TOKENS = 5
+DEFAULT_LOOKUP_NGRAM = 3
 REQUIRED_FILES = ("openvino_model.xml", "openvino_tokenizer.xml", "openvino_detokenizer.xml")
 FINISH_REASONS = ("stop", "length", "tool_calls", "cancelled")
 
@@ -98,6 +101,7 @@ class Model:
         self.generation_prefix = generation_prefix
         self.stop_token_ids = stop_token_ids
         self._lock = threading.Lock()  # one generation at a time per pipeline
+        self.assisted: str | None = None  # "draft" | "prompt_lookup": set by `load`
 
     @property
     def name(self) -> str:
@@ -273,6 +277,10 @@ class Model:
         config.presence_penalty = float(presence_penalty)
         config.frequency_penalty = float(frequency_penalty)
         config.apply_chat_template = False
+        if self.assisted:  # speculative decoding or prompt lookup must be told how far to guess
+            config.num_assistant_tokens = DEFAULT_ASSISTANT_TOKENS
+            if self.assisted == "prompt_lookup":
+                config.max_ngram_size = DEFAULT_LOOKUP_NGRAM
         if temperature == 0:
             config.do_sample = False
         else:
@@ -446,8 +454,13 @@ def model_facts(plan: LoadPlan, pipeline) -> tuple[int, str, list[int]]:
 
 def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int | None = None,
          min_response_len: int | None = None, cache: bool = True, warm_up: bool = False,
-         draft: str | Path | None = None, properties: dict[str, Any] | None = None) -> Model:
-    """Load a converted model folder on `device` ("CPU", "GPU", "GPU.1", "NPU", "AUTO")."""
+         draft: str | Path | None = None, prompt_lookup: bool = False,
+         properties: dict[str, Any] | None = None) -> Model:
+    """Load a converted model folder on `device` ("CPU", "GPU", "GPU.1", "NPU", "AUTO").
+
+    `draft` (a smaller converted GLM-4 sharing the tokenizer, e.g. glm-edge-1.5b) enables speculative
+    decoding; `prompt_lookup` drafts from n-grams of the prompt (good for summaries and code edits).
+    """
     import openvino_genai
 
     plan = plan_load(path, device, max_prompt_len=max_prompt_len, min_response_len=min_response_len, cache=cache,
@@ -463,9 +476,14 @@ def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int 
             raise ModelFormatError(f"--draft {draft_folder} is not a converted model folder")
         target = plan.base_device if plan.base_device != "AUTO" else "CPU"
         props["draft_model"] = openvino_genai.draft_model(str(draft_folder), target)
+    if prompt_lookup:
+        if draft is not None:
+            raise BadParameterError("choose --draft or --prompt-lookup, not both", "prompt_lookup")
+        props["prompt_lookup"] = True
     pipeline, load_s = open_pipeline(plan, lambda: openvino_genai.LLMPipeline(str(plan.folder), plan.device,
                                                                                **props))
     model = Model(plan.folder, plan.device, pipeline, plan.manifest, load_s, *model_facts(plan, pipeline))
+    model.assisted = "draft" if draft is not None else ("prompt_lookup" if prompt_lookup else None)
     if warm_up:
         model.warm_up()
     return model

@@ -225,3 +225,19 @@ def test_batch_generation(scripted):
                                       max_new_tokens=64, **GREEDY)
     assert [r.text for r in replies] == [REASONING_ANSWER] * 2
     assert [r.reasoning for r in replies] == [REASONING_THOUGHT] * 2
+
+
+@pytest.mark.parametrize("assist", [{"draft": "self"}, {"prompt_lookup": True}])
+def test_speculative_decoding_keeps_the_answer(scripted_model, assist):
+    if assist.get("draft") == "self":
+        assist = {"draft": scripted_model}  # the same network as its own draft: every guess is accepted
+    model = glm4_edge.load(scripted_model, **assist)
+    chunks = list(model.stream(REASONING_ANSWER, max_new_tokens=64, **GREEDY))
+    assert "".join(c.text for c in chunks) == REASONING_ANSWER
+    assert "".join(c.reasoning for c in chunks) == REASONING_THOUGHT
+    assert chunks[-1].finish_reason == "stop"
+
+
+def test_draft_and_prompt_lookup_together_are_refused(scripted_model):
+    with pytest.raises(BadParameterError, match="not both"):
+        glm4_edge.load(scripted_model, draft=scripted_model, prompt_lookup=True)

@@ -13,6 +13,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="converted model folder (from `glm4-edge convert`)")
     parser.add_argument("--device", default="CPU", help="CPU, GPU, GPU.1, NPU or AUTO (default CPU)")
     parser.add_argument("--draft", type=Path, help="draft model folder for speculative decoding")
+    parser.add_argument("--prompt-lookup", action="store_true",
+                        help="draft tokens from n-grams of the prompt (speculative decoding without a draft model)")
     parser.add_argument("--max-prompt-len", type=int, help="NPU: static prompt length")
     parser.add_argument("--min-response-len", type=int, help="NPU: static response length")
     parser.add_argument("--no-cache", action="store_true", help="GPU/NPU: do not cache compiled blobs")
@@ -34,6 +36,7 @@ def sampling_options(args: argparse.Namespace) -> dict:
 def load_model(args: argparse.Namespace, warm_up: bool = False) -> Model:
     return load(args.model, args.device, max_prompt_len=args.max_prompt_len,
                 min_response_len=args.min_response_len, cache=not args.no_cache, draft=args.draft,
+                prompt_lookup=args.prompt_lookup,
                 warm_up=warm_up)
 
 

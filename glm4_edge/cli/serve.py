@@ -69,16 +69,17 @@ def run(args: argparse.Namespace) -> int:
     batching = args.batching if args.batching is not None else args.max_concurrency > 1
     if batching:
         base = args.device.upper().split(".")[0].split(":")[0]
-        if base not in BATCHING_DEVICES or args.draft is not None:
+        if base not in BATCHING_DEVICES or args.draft is not None or args.prompt_lookup:
             if args.batching:
-                raise Glm4EdgeError(f"--batching runs on CPU or GPU without --draft, not {args.device}; "
-                                    "drop --batching")
+                raise Glm4EdgeError(f"--batching runs on CPU or GPU without --draft/--prompt-lookup, not "
+                                    f"{args.device}; drop --batching")
             batching = False  # NPU, AUTO or speculative decoding: requests queue for the one pipeline
     if batching:
         loader = partial(load_batched, folder, args.device, cache=not args.no_cache, warm_up=True)
     else:
         loader = partial(load, folder, args.device, max_prompt_len=args.max_prompt_len,
                          min_response_len=args.min_response_len, cache=not args.no_cache, draft=args.draft,
+                         prompt_lookup=args.prompt_lookup,
                          warm_up=True)
     config = server.ServerConfig(load=loader, model_name=name, aliases=(default_name,), api_key=api_key,
                                  max_concurrency=args.max_concurrency, allow_origins=tuple(args.allow_origin),
