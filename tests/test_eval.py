@@ -1,0 +1,102 @@
+"""The embedded tiny GLM-4 answers its tasks, compression keeps that, and `eval` catches damage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from glm4_edge.evaluate import builtin_cases, evaluate
+
+from .conftest import REPO, _convert
+from .test_convert import assert_one_line_error, run_cli
+
+TINY_CHAT = REPO / "models" / "glm4-tiny-chat"
+CASES = 100  # per task, from a seed the training never used
+
+
+@pytest.fixture(scope="module")
+def variants(workdir) -> dict[str, Path]:
+    return {
+        "fp16": _convert(TINY_CHAT, workdir / "chat-fp16", weight_format="fp16"),
+        "int8": _convert(TINY_CHAT, workdir / "chat-int8", weight_format="int8"),
+        "int4-cpu": _convert(TINY_CHAT, workdir / "chat-int4"),
+        "int4-npu": _convert(TINY_CHAT, workdir / "chat-int4-npu", device="npu"),
+        "int4-awq-se": _convert(TINY_CHAT, workdir / "chat-int4-awq", awq=True, scale_estimation=True),
+    }
+
+
+@pytest.fixture(scope="module")
+def reference_report():
+    return evaluate(TINY_CHAT, cases_per_task=CASES)
+
+
+def accuracy(report) -> dict[str, float]:
+    return {score.task: score.accuracy for score in report.tasks}
+
+
+def test_held_out_cases_are_not_training_cases():
+    from glm4_edge import tiny_tasks
+
+    held_out = {json.dumps(c.messages) for c in builtin_cases(50)}
+    trained = {json.dumps(c["messages"]) for seed in range(3) for c in tiny_tasks.recall_cases(seed, 50)}
+    assert not held_out & trained
+
+
+def test_reference_meets_its_targets(reference_report):
+    scores = accuracy(reference_report)
+    assert scores["addition"] >= 0.95 and scores["recall"] >= 0.90, scores
+
+
+@pytest.mark.parametrize("name,allowed", [("fp16", 0.01), ("int8", 0.01), ("int4-cpu", 0.03),
+                                          ("int4-npu", 0.03), ("int4-awq-se", 0.03)])
+def test_compressed_models_keep_accuracy(variants, reference_report, name, allowed):
+    report = evaluate(variants[name], variants["fp16"], cases_per_task=CASES)
+    reference = accuracy(reference_report)
+    for task, value in accuracy(report).items():
+        assert value >= reference[task] - allowed, (name, task, value, reference[task])
+    assert report.agreement.top1_agreement > 0.9
+    assert report.agreement.mean_kl < 0.1
+
+
+def corrupt(folder: Path, out: Path) -> Path:
+    """Shuffle the rows of the largest weight (embedding or lm_head): finite numbers, wrong model."""
+    import openvino as ov
+
+    shutil.copytree(folder, out)
+    model = ov.Core().read_model(out / "openvino_model.xml")
+    constants = [op for op in model.get_ops() if op.get_type_name() == "Constant"]
+    biggest = max(constants, key=lambda op: int(np.prod(op.get_output_shape(0))))
+    values = biggest.get_data().copy()
+    np.random.default_rng(0).shuffle(values)
+    replacement = ov.op.Constant(values)
+    biggest.output(0).replace(replacement.output(0))
+    ov.save_model(model, out / "damaged.xml", compress_to_fp16=False)
+    (out / "damaged.xml").replace(out / "openvino_model.xml")
+    (out / "damaged.bin").replace(out / "openvino_model.bin")
+    return out
+
+
+def test_eval_flags_a_damaged_model(variants, workdir):
+    damaged = corrupt(variants["fp16"], workdir / "chat-damaged")
+    report = evaluate(damaged, variants["fp16"], cases_per_task=20)
+    assert report.agreement.top1_agreement < 0.5
+    assert report.agreement.mean_kl > 1.0
+    assert max(accuracy(report).values()) < 0.5
+
+
+def test_eval_cli_json_and_table(variants, tmp_path):
+    result = run_cli("eval", str(variants["int4-cpu"]), "--reference", str(TINY_CHAT), "--cases", "10", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert {t["task"] for t in report["tasks"]} == {"addition", "recall"}
+    assert report["agreement"]["top1_agreement"] > 0.8
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(json.dumps({"prompt": "What is 2+3?", "expected": "5"}) + "\n")
+    result = run_cli("eval", str(variants["int4-cpu"]), "--tasks", str(tasks))
+    assert result.returncode == 0 and "accuracy" in result.stdout
+    assert_one_line_error(run_cli("eval", str(variants["int4-cpu"]), "--tasks", "/nonexistent.jsonl"),
+                          "no such file")
