@@ -29,7 +29,8 @@ demo: $(DEMO_MODEL)/glm4_edge.json
 	$(CLI) info $(DEMO_MODEL)
 	$(CLI) generate $(DEMO_MODEL) -p "What is 23+45?" --temperature 0
 	$(CLI) generate $(DEMO_MODEL) -p "23加45等于多少？" --temperature 0
-	@echo "Chat with it: $(CLI) chat $(DEMO_MODEL)"
+	printf 'Hello!\nMy name is Lumeri.\nWhat is my name?\n/exit\n' | $(CLI) chat $(DEMO_MODEL) --temperature 0
+	@echo "Chat with it yourself: $(CLI) chat $(DEMO_MODEL)"
 
 test: venv system-deps
 	$(PY) -m pytest -q
