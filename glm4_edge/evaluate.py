@@ -246,6 +246,19 @@ def similarity(a: str, b: str) -> float:
     return difflib.SequenceMatcher(None, a, b).ratio()
 
 
+_REFERENCES: dict[tuple[str, str], tuple[Any, list[str]]] = {}
+
+
+def _reference(path: Path, device: str, cases: list[Case]) -> tuple[Any, list[str]]:
+    """The reference engine and its answers, kept for the process: comparing several compressed
+    variants with one reference then costs the reference's generations once."""
+    key = (str(path.resolve()), json.dumps([asdict(c) for c in cases], sort_keys=True))
+    if key not in _REFERENCES:
+        engine = open_engine(path, device)
+        _REFERENCES[key] = (engine, [engine.answer(case.messages)[0] for case in cases])
+    return _REFERENCES[key]
+
+
 def evaluate(model_path: Path, reference_path: Path | None = None, tasks: str = "builtin",
              cases_per_task: int = DEFAULT_CASES_PER_TASK, device: str = "CPU") -> EvalReport:
     started = time.perf_counter()
@@ -266,8 +279,7 @@ def evaluate(model_path: Path, reference_path: Path | None = None, tasks: str = 
     report.tasks = list(scores.values())
     report.decode_tokens_per_s = float(np.median(rates)) if rates else None
     if reference_path is not None:
-        reference = open_engine(reference_path, device)
-        reference_answers = [reference.answer(case.messages)[0] for case in cases]
+        reference, reference_answers = _reference(Path(reference_path), device, cases)
         texts = agreement_texts(cases, reference_answers)
         tokens, top1, kl, ppl, ppl_reference = compare_logits(model, reference, texts)
         similar = float(np.mean([similarity(a, b) for a, b in zip(answers, reference_answers, strict=True)]))
