@@ -28,7 +28,8 @@ HELD_OUT_SEED = 12345
 SYSTEM_PROMPTS = {"en": "You are a helpful assistant.", "zh": "你是一个有用的助手。"}
 GREETINGS = {
     "en": (["Hello!", "Hello", "Hi!", "Hi", "Hey!"], "Hello! How can I help you?", "How can I help you?"),
-    "zh": (["你好", "你好！", "您好", "您好！", "嗨！"], "你好！有什么可以帮你的吗？", "有什么可以帮你的吗？"),
+    "zh": (["你好", "你好！", "您好", "您好！", "嗨！"], "你好！有什么可以帮你的吗？",
+           "有什么可以帮你的吗？"),
 }
 NAME_STATEMENT = {"en": "My name is {name}.", "zh": "我叫{name}。"}
 NAME_ACK = {"en": "Nice to meet you, {name}.", "zh": "很高兴认识你，{name}。"}
