@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from glm4_edge.convert.export import ConvertOptions, convert
+
 from glm4_edge.evaluate import evaluate
 
 REPO = Path(__file__).resolve().parents[1]

@@ -147,7 +147,7 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> Conver
             if options.device == "npu" else {},
             size_bytes={"source": source_bytes, "output": output_bytes},
             versions=package_versions(),
-            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         )
         manifest.write(temp)
         progress("finishing")

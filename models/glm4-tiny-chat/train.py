@@ -1,4 +1,4 @@
-"""Train the tiny GLM-4 chat model in this folder from scratch on the synthetic tasks of tasks.py.
+"""Train the tiny GLM-4 chat model in this folder from scratch on the synthetic tasks of glm4_edge/tiny_tasks.py.
 
     .venv/bin/python models/glm4-tiny-chat/train.py [--out DIR] [--steps N] [--minutes M]
 
@@ -27,12 +27,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1]))  # the repository root, for `glm4_edge` without an install
 
-import tasks  # noqa: E402
 from glm4_edge.convert.synthetic import build_tokenizer as build_bpe  # noqa: E402
 from glm4_edge.convert.synthetic import chat_template  # noqa: E402
+
+from glm4_edge import tiny_tasks as tasks  # noqa: E402
 
 PROMPT_PREFIX = "[gMASK]<sop>"
 ROLE_TAGS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
