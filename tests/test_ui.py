@@ -438,7 +438,8 @@ def test_kiosk_forgets_old_turns_when_the_context_is_full(loop_model, page):
         page.evaluate(STOP_ON_FIRST_TEXT, [BOT, 1])  # that it starts is enough
         _send(page, "second")  # the desktop page would report an overflow; a kiosk visitor cannot fix it
         footer = _wait_footers(page, 2)
-        assert footer.endswith("stopped · oldest turns forgotten to fit the context"), footer
+        # Stopped or run to its length limit (it is fast on an idle machine): either way, trimmed.
+        assert footer.endswith("oldest turns forgotten to fit the context"), footer
 
 
 # --- bad input -----------------------------------------------------------------------------------
