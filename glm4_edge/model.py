@@ -28,6 +28,7 @@ DEFAULT_CONTEXT = 8192
 # Tokens proposed per step by a draft model or prompt lookup, and the n-gram prompt lookup matches.
 DEFAULT_ASSISTANT_TOKENS = 5
 DEFAULT_LOOKUP_NGRAM = 3
+CPU_DYNAMIC_QUANTIZATION_GROUP = 128
 REQUIRED_FILES = ("openvino_model.xml", "openvino_tokenizer.xml", "openvino_detokenizer.xml")
 FINISH_REASONS = ("stop", "length", "tool_calls", "cancelled")
 
@@ -466,6 +467,9 @@ def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int 
     plan = plan_load(path, device, max_prompt_len=max_prompt_len, min_response_len=min_response_len, cache=cache,
                      properties=properties)
     props = plan.properties
+    if plan.base_device == "CPU":
+        # Activations quantized per 128 values for the INT4 matmuls: faster decode and prefill (measured).
+        props.setdefault("DYNAMIC_QUANTIZATION_GROUP_SIZE", CPU_DYNAMIC_QUANTIZATION_GROUP)
     if plan.base_device in ("CPU", "GPU"):
         scheduler = openvino_genai.SchedulerConfig()
         scheduler.enable_prefix_caching = True  # multi-turn chats reuse the history's KV cache
