@@ -94,6 +94,7 @@ class BenchOptions:
     warmup: int = DEFAULT_WARMUP
     seed: int = 0
     draft: Path | None = None
+    prompt_lookup: bool = False
     max_prompt_len: int | None = None
     min_response_len: int | None = None
     cache: bool = True
@@ -168,14 +169,15 @@ def validate(options: BenchOptions) -> None:
         raise BadParameterError(f"--gen-tokens {options.gen_tokens} must be at least 2 (decode speed is "
                                 "measured after the first token)", "gen_tokens")
     if options.prompt_tokens < 1:
-        raise BadParameterError(f"--prompt-tokens {options.prompt_tokens} must be at least 1", "prompt_tokens")
+        raise BadParameterError(f"--prompt-tokens {options.prompt_tokens} must be at least 1",
+                                "prompt_tokens")
 
 
 def check_fits(model: Model, prompt_tokens: int, gen_tokens: int) -> None:
     overhead = model.count_tokens(model.render(""))
     if prompt_tokens <= overhead:
-        raise BadParameterError(f"--prompt-tokens {prompt_tokens} is too short: the chat template alone takes "
-                                f"{overhead} tokens; ask for at least {overhead + 1}", "prompt_tokens")
+        raise BadParameterError(f"--prompt-tokens {prompt_tokens} is too short: the chat template alone "
+                                f"takes {overhead} tokens; ask for at least {overhead + 1}", "prompt_tokens")
     if model.context_length and prompt_tokens + gen_tokens > model.context_length:
         raise ContextOverflowError(prompt_tokens, gen_tokens, model.context_length)
 
@@ -231,7 +233,7 @@ class PromptMaker:
 def _load(options: BenchOptions, properties: dict[str, Any]) -> Model:
     return load(options.model, options.device, max_prompt_len=options.max_prompt_len,
                 min_response_len=options.min_response_len, cache=options.cache, draft=options.draft,
-                properties=properties)
+                prompt_lookup=options.prompt_lookup, properties=properties)
 
 
 def measure_loads(options: BenchOptions) -> tuple[Model, LoadTimes]:

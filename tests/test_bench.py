@@ -1,4 +1,4 @@
-"""`glm4-edge bench`: JSON figures that make sense, fresh exact-length prompts, exact decode counts, bad input."""
+"""`glm4-edge bench`: sane JSON figures, fresh exact-length prompts, exact decode counts, bad input."""
 
 from __future__ import annotations
 

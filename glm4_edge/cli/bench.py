@@ -6,7 +6,14 @@ import argparse
 import json
 import sys
 
-from ..bench import DEFAULT_GEN_TOKENS, DEFAULT_PROMPT_TOKENS, DEFAULT_RUNS, DEFAULT_WARMUP, BenchOptions, bench
+from ..bench import (
+    DEFAULT_GEN_TOKENS,
+    DEFAULT_PROMPT_TOKENS,
+    DEFAULT_RUNS,
+    DEFAULT_WARMUP,
+    BenchOptions,
+    bench,
+)
 from ..bench import parse_property as _parse_property
 from .common import add_model_args
 
@@ -18,12 +25,14 @@ def add_parser(subparsers) -> None:
                         help=f"prompt length, chat template included (default {DEFAULT_PROMPT_TOKENS})")
     parser.add_argument("--gen-tokens", type=int, default=DEFAULT_GEN_TOKENS,
                         help=f"tokens generated per run, EOS ignored (default {DEFAULT_GEN_TOKENS})")
-    parser.add_argument("--runs", type=int, default=DEFAULT_RUNS, help=f"measured runs (default {DEFAULT_RUNS})")
+    parser.add_argument("--runs", type=int, default=DEFAULT_RUNS,
+                        help=f"measured runs (default {DEFAULT_RUNS})")
     parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
                         help=f"unmeasured runs first (default {DEFAULT_WARMUP})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random prompts")
     parser.add_argument("--property", action="append", default=[], metavar="KEY=VALUE",
-                        help="pipeline property, repeatable (e.g. KV_CACHE_PRECISION=u8, INFERENCE_NUM_THREADS=2)")
+                        help="pipeline property, repeatable (e.g. KV_CACHE_PRECISION=u8, "
+                             "INFERENCE_NUM_THREADS=2)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.set_defaults(run=run)
 
@@ -32,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     properties = dict(_parse_property(text) for text in args.property)
     options = BenchOptions(model=args.model, device=args.device, prompt_tokens=args.prompt_tokens,
                            gen_tokens=args.gen_tokens, runs=args.runs, warmup=args.warmup, seed=args.seed,
-                           draft=args.draft, max_prompt_len=args.max_prompt_len,
+                           draft=args.draft, prompt_lookup=args.prompt_lookup,
+                           max_prompt_len=args.max_prompt_len,
                            min_response_len=args.min_response_len, cache=not args.no_cache,
                            properties=properties)
     quiet = args.json or not sys.stderr.isatty()
