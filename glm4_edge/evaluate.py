@@ -125,51 +125,15 @@ class OpenVINOEngine:
         return sum(p.stat().st_size for p in self.folder.glob("openvino_model.*"))
 
 
-class TorchEngine:
-    """A Hugging Face checkpoint run by PyTorch (needs the [convert] extra): the reference."""
-
-    def __init__(self, folder: Path):
-        try:
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-            from transformers.utils import logging as hf_logging
-        except ImportError:
-            raise Glm4EdgeError("a Hugging Face reference needs PyTorch: pip install 'glm4-edge[convert]'") from None
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        self.torch = torch
-        self.folder = folder
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-        eos = self.model.generation_config.eos_token_id
-        self.stop_ids = eos if isinstance(eos, list) else [eos]
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def answer(self, messages: list[dict]) -> tuple[str, float | None]:
-        ids = self.encode(glm_format.render_prompt(messages))
-        with self.torch.no_grad():
-            tensor = self.torch.tensor([ids])
-            out = self.model.generate(tensor, attention_mask=self.torch.ones_like(tensor), do_sample=False,
-                                      max_new_tokens=MAX_ANSWER_TOKENS, eos_token_id=self.stop_ids,
-                                      pad_token_id=self.stop_ids[0])
-        text = self.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
-        return glm_format.split_reasoning(text)[1], None
-
-    def logits(self, ids: list[int]) -> np.ndarray:
-        with self.torch.no_grad():
-            return self.model(self.torch.tensor([ids])).logits[0].float().numpy()
-
-    def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.folder.glob("*.safetensors"))
-
-
 def open_engine(path: Path, device: str = "CPU"):
     path = Path(path)
     if (path / "openvino_model.xml").is_file():
         return OpenVINOEngine(path, device)
     if (path / "config.json").is_file():
+        try:
+            from .convert.reference import TorchEngine
+        except ImportError:
+            raise Glm4EdgeError("a Hugging Face reference needs PyTorch: pip install 'glm4-edge[convert]'") from None
         return TorchEngine(path)
     raise ModelFormatError(f"{path} is neither a converted model folder nor a Hugging Face checkpoint")
 
