@@ -1,6 +1,7 @@
 """One engine, one process: load a model, warm up, measure decode and TTFT, print JSON.
 
     python benchmarks/bench_engines.py '{"key": "edge-int4-cpu", "kind": "edge", "path": "...", ...}'
+    python benchmarks/bench_engines.py --serve '{...}'     # paired mode, see serve()
 
 `compare_engines.py` runs this once per engine per round, so every engine starts from a clean
 process (its peak RSS is its own, and a crash or a leak cannot skew the next engine). Engines:
@@ -20,13 +21,14 @@ from __future__ import annotations
 import json
 import os
 import random
-import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bench_runner import RESULT_MARKER, ContentionMeter
+from bench_runner import READY_MARKER, RESULT_MARKER, ContentionMeter
+
+from glm4_edge.model import peak_rss_bytes
 
 # Token ids for random prompts: the synthetic tokenizer's ordinary (non-special) tokens.
 PROMPT_ID_RANGE = (0, 600)
@@ -246,12 +248,35 @@ def measure(spec: EngineSpec) -> Measurement:
     for length in spec.prompt_lengths:
         ttft[str(length)] = decode.ttft_s if length == spec.decode_prompt else engine.run(length, 1).ttft_s
     contention = meter.stop()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     return Measurement(spec.key, load_s, decode, ttft, peak, contention, engine.notes)
 
 
+def serve(spec: EngineSpec) -> None:
+    """Paired mode: load once, then answer `run PROMPT GEN` lines from the parent until `quit`.
+
+    The parent alternates short runs of several such workers, so slow changes of the machine
+    (other tenants of the memory system, other jobs) hit every engine alike.
+    """
+    engine = ENGINES[spec.kind](spec)
+    engine.load()
+    engine.run(min(WARMUP_PROMPT_TOKENS, spec.decode_prompt), WARMUP_GEN_TOKENS)
+    print(READY_MARKER, flush=True)
+    for line in sys.stdin:
+        words = line.split()
+        if not words or words[0] == "quit":
+            break
+        meter = ContentionMeter()
+        meter.start()
+        timing = engine.run(int(words[1]), int(words[2]))
+        print(RESULT_MARKER + json.dumps({**asdict(timing), "contention": meter.stop()}), flush=True)
+
+
 def main() -> int:
-    spec = EngineSpec(**json.loads(sys.argv[1]))
+    spec = EngineSpec(**json.loads(sys.argv[-1]))
+    if "--serve" in sys.argv[1:-1]:
+        serve(spec)
+        return 0
     result = measure(spec)
     print(RESULT_MARKER + json.dumps(asdict(result)), flush=True)
     return 0

@@ -51,20 +51,26 @@ class Variant:
         return presets.resolve(self.preset, self.weight_format, **dict(self.overrides))
 
 
-# The presets as convert resolves them today, plus the variants the tuning compares.
+# Every variant spells out symmetry, group size and backup precision, so a folder built once stays
+# what its name says when the presets change (the cpu preset itself is edge-int4-cpu, see edge_convert).
+ASYM = (("sym", False), ("backup_precision", "int8_asym"))
+SYM = (("sym", True), ("backup_precision", "int8_sym"))
 VARIANTS = {
     "edge-int4-gpu": Variant("edge-int4-gpu", preset="gpu", label="glm4-edge INT4 gpu/npu preset (sym g128)"),
-    "edge-int4-asym-g64": Variant("edge-int4-asym-g64", overrides=(("group_size", 64),),
+    "edge-int4-asym-g128": Variant("edge-int4-asym-g128", overrides=(*ASYM, ("group_size", 128)),
+                                   label="glm4-edge INT4 asym g128 (the first cpu preset)"),
+    "edge-int4-asym-g64": Variant("edge-int4-asym-g64", overrides=(*ASYM, ("group_size", 64)),
                                   label="glm4-edge INT4 asym g64"),
-    "edge-int4-asym-g32": Variant("edge-int4-asym-g32", overrides=(("group_size", 32),),
+    "edge-int4-asym-g32": Variant("edge-int4-asym-g32", overrides=(*ASYM, ("group_size", 32)),
                                   label="glm4-edge INT4 asym g32"),
-    "edge-int4-asym-cw": Variant("edge-int4-asym-cw", overrides=(("group_size", -1),),
+    "edge-int4-asym-cw": Variant("edge-int4-asym-cw", overrides=(*ASYM, ("group_size", -1)),
                                  label="glm4-edge INT4 asym channel-wise"),
-    "edge-int4-sym-cw": Variant("edge-int4-sym-cw", preset="gpu", overrides=(("group_size", -1),),
-                                label="glm4-edge INT4 sym channel-wise (npu preset >5B)"),
-    "edge-int4-sym-g64": Variant("edge-int4-sym-g64", preset="gpu", overrides=(("group_size", 64),),
+    "edge-int4-sym-cw": Variant("edge-int4-sym-cw", overrides=(*SYM, ("group_size", -1)),
+                                label="glm4-edge INT4 sym channel-wise"),
+    "edge-int4-sym-g64": Variant("edge-int4-sym-g64", overrides=(*SYM, ("group_size", 64)),
                                  label="glm4-edge INT4 sym g64"),
-    "edge-int4-int8emb": Variant("edge-int4-int8emb", overrides=(("all_layers", False),),
+    "edge-int4-int8emb": Variant("edge-int4-int8emb",
+                                 overrides=(*ASYM, ("group_size", 128), ("all_layers", False)),
                                  label="glm4-edge INT4 asym g128, INT8 embeddings/lm_head"),
     "edge-int8": Variant("edge-int8", weight_format="int8", label="glm4-edge INT8 (asym channel-wise)"),
 }
@@ -118,19 +124,38 @@ def checkpoint(layers: int, log: Log) -> Path:
 def edge_convert(layers: int, name: str, weight_format: str, log: Log) -> Path:
     """A model made by glm4-edge's own `convert` (export + compression + tokenizers + manifest)."""
     final = layer_folder(layers) / name
-    if (final / "openvino_model.xml").is_file():
+    if (final / "openvino_model.xml").is_file() and _made_by_todays_preset(final, weight_format):
         return final
     source = checkpoint(layers, log)
 
     def build() -> Path:
         from glm4_edge.convert.export import ConvertOptions, convert
 
+        from glm4_edge.manifest import read_manifest
+
         temp = _fresh_temp(final)
         convert(ConvertOptions(source=str(source), output=temp, weight_format=weight_format, device="cpu",
                                check_resources=False))
+        manifest = read_manifest(temp)
+        manifest.name = name  # convert names the model after the folder it wrote, our temporary one
+        manifest.write(temp)
         return _publish(temp, final)
 
     return _timed(log, name, build)
+
+
+def _made_by_todays_preset(folder: Path, weight_format: str) -> bool:
+    """Whether a cached `convert` output still matches the cpu preset (presets change as tuning goes on)."""
+    from glm4_edge.convert import presets
+
+    from glm4_edge.manifest import read_manifest
+
+    if weight_format == "fp16":
+        return True
+    settings = presets.resolve("cpu", weight_format)
+    done = read_manifest(folder).compression
+    return done is not None and (done.sym, done.group_size, done.all_layers, done.backup_precision) == (
+        settings.sym, settings.group_size, settings.all_layers, settings.backup_precision)
 
 
 def edge_variant(layers: int, variant: Variant, log: Log) -> Path:

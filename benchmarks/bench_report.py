@@ -20,6 +20,11 @@ def _ratio(value: float | None, base: float | None) -> str:
     return "–" if not value or not base else f"{value / base:.2f}x"
 
 
+def roofline(report: dict[str, Any], r: dict[str, Any]) -> float | None:
+    """Share of the measured read bandwidth that the engine's weight reads use while decoding."""
+    return r["weights"]["per_token"] / report["bandwidth"]["best"] / r["tpot_s"] if r["tpot_s"] else None
+
+
 def machine_line(report: dict[str, Any]) -> str:
     m = report["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
@@ -42,7 +47,7 @@ def results_table(report: dict[str, Any]) -> list[str]:
                  f"{_fmt(r['tokens_per_s_max'])})",
                  _fmt(r["tpot_s"] * 1000 if r["tpot_s"] else None, 1),
                  _ratio(r["tokens_per_s"], base and base["tokens_per_s"]),
-                 _fmt(r["roofline"] * 100 if r["roofline"] else None, 0, "%"),
+                 _fmt(roofline(report, r) * 100 if r["tpot_s"] else None, 0, "%"),
                  _fmt(r["weights"]["per_token"] / 1e9, 2)]
         cells += [_fmt(r["ttft_s"].get(str(n)), 2, " s") for n in lengths]
         prefill = r["prefill_tokens_per_s"] if r.get("prefill_at") == lengths[-1] else None
@@ -50,6 +55,23 @@ def results_table(report: dict[str, Any]) -> list[str]:
         cells += [_fmt(prefill, 0), _fmt(r["peak_rss"] / GIB, 2), _fmt(r["load_s"], 1),
                   f"{busy[len(busy) // 2]:.0%}"]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def paired_table(report: dict[str, Any]) -> list[str]:
+    paired = report["paired"]
+    labels = {r["key"]: r["label"] for r in report["results"]}
+    engines = sorted(paired["engines"].items(), key=lambda item: -item[1]["tokens_per_s"])
+    header = ["Engine", "Decode tok/s: median (quartiles)", f"vs {paired['baseline']}: median (quartiles)",
+              "Roofline share", "GB read/token", "Others' CPU"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, e in engines:
+        q1, q2, q3 = e["quartiles"]
+        ratio = e.get("vs_baseline")
+        lines.append("| " + " | ".join([
+            f"{labels.get(key, key)} (`{key}`)", f"{q2:.2f} ({q1:.2f}–{q3:.2f})",
+            f"{ratio[1]:.2f}x ({ratio[0]:.2f}–{ratio[2]:.2f})" if ratio else "1.00x",
+            f"{e['roofline']:.0%}", f"{e['bytes_per_token'] / 1e9:.2f}", f"{e['contention']:.0%}"]) + " |")
     return lines
 
 
@@ -83,7 +105,7 @@ def plot_decode(report: dict[str, Any], path: Path) -> None:
     figure, axis = plt.subplots(figsize=(10, 0.42 * len(results) + 1.6))
     axis.barh(labels, values, xerr=[low, high], color=colors, capsize=3)
     for index, (value, r) in enumerate(zip(values, results, strict=True)):
-        share = f"  {value:.1f}" + (f"  ({r['roofline']:.0%} of roofline)" if r["roofline"] else "")
+        share = f"  {value:.1f}" + (f"  ({roofline(report, r):.0%} of roofline)" if r["tpot_s"] else "")
         axis.text(max(value, r["tokens_per_s_max"] or value), index, share, va="center", fontsize=8)
     axis.set_xlabel("decode tokens/s (median over rounds; bars: min–max)")
     axis.set_xlim(0, max(values) * 1.45)
@@ -102,6 +124,7 @@ def plot_ttft(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(9, 5.5))
+    axis.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # a dozen engines: tab10 would repeat colours
     results = sorted(report["results"], key=lambda r: -(r["tokens_per_s"] or 0))
     for r in results:
         points = sorted((int(n), s) for n, s in r["ttft_s"].items() if s)
@@ -123,10 +146,45 @@ def plot_ttft(report: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def paired_section(report: dict[str, Any]) -> list[str]:
+    paired = report["paired"]
+    q1, q2, q3 = paired["bandwidth_gb_s"]
+    return [
+        "### Decode side by side",
+        "",
+        f"The engines below stayed loaded in parallel processes and took turns decoding "
+        f"{paired['gen_tokens']} tokens, {paired['cycles']} cycles, each cycle with a read-bandwidth sample "
+        f"(median {q2:.1f} GB/s, quartiles {q1:.1f}–{q3:.1f}): a slow change of the machine hits all of them "
+        "alike, so the ratios are the most trustworthy figures here. Roofline share is taken against the "
+        "bandwidth sample of the same cycle.",
+        "",
+        *paired_table(report),
+        "",
+    ]
+
+
 FINDINGS_MARKER = "<!-- findings: written by hand, kept when the tables are regenerated -->"
 
 
-def write(report: dict[str, Any], tuning: dict[str, Any] | None, docs: Path) -> None:
+def paired_tuning_tables(batches: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for batch in batches:
+        bandwidth = sorted(batch["bandwidth_gb_s"])
+        lines += [f"Side by side, {batch['cycles']} cycles, ratios against `{batch['baseline']}` cycle by "
+                  f"cycle (bandwidth samples {bandwidth[0]:.0f}–{bandwidth[-1]:.0f} GB/s):", "",
+                  "| Setting | Decode tok/s (min–max) | vs first: median (per-cycle range) |",
+                  "|---|---|---|"]
+        for r in sorted(batch["results"], key=lambda r: -r["tokens_per_s"]):
+            low, high = r["vs_first_range"]
+            lines.append(f"| {r['label']} (`{r['key']}`) | {r['tokens_per_s']:.2f} "
+                         f"({r['tokens_per_s_min']:.1f}–{r['tokens_per_s_max']:.1f}) | "
+                         f"{r['vs_first']:.2f}x ({low:.2f}–{high:.2f}) |")
+        lines.append("")
+    return lines
+
+
+def write(report: dict[str, Any], tuning: dict[str, Any] | None, docs: Path,
+          paired_tunings: list[dict[str, Any]] | None = None) -> None:
     docs.mkdir(parents=True, exist_ok=True)
     plot_decode(report, docs / "bench-decode.png")
     plot_ttft(report, docs / "bench-ttft.png")
@@ -160,13 +218,22 @@ def write(report: dict[str, Any], tuning: dict[str, Any] | None, docs: Path) -> 
         "",
         *results_table(report),
         "",
+        *(paired_section(report) if report.get("paired") else []),
         "![decode tokens/s](bench-decode.png)",
         "",
         "![TTFT vs prompt length](bench-ttft.png)",
         "",
     ]
+    if tuning or paired_tunings:
+        lines += ["## CPU compression and runtime settings", ""]
+    if paired_tunings:
+        lines += ["`python benchmarks/tune_cpu.py --layers 8 --paired 12 --only A,B,...`: each batch loaded "
+                  "side by side and alternated, the most reliable comparison on a shared machine.", "",
+                  *paired_tuning_tables(paired_tunings)]
     if tuning:
-        lines += ["## CPU compression and runtime settings", "", tuning.get("description", ""), "",
+        lines += ["The broad sweep (`python benchmarks/tune_cpu.py --layers 8 --rounds 3`): one process per "
+                  "setting and round, so drifting machine conditions between runs blur differences under "
+                  "~20%; the side-by-side batches above decide those. " + tuning.get("description", ""), "",
                   *tuning_table(tuning), ""]
     text = "\n".join(lines) + "\n" + FINDINGS_MARKER + (kept or "\n")
     target.write_text(text)

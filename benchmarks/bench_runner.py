@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from importlib import metadata
@@ -31,6 +32,9 @@ BANDWIDTH_BYTES = 1 << 30  # 32x the L3 cache: every pass streams from DRAM
 BANDWIDTH_PASSES = 5
 ENGINE_TIMEOUT_S = 1800
 RESULT_MARKER = "RESULT "
+READY_MARKER = "READY"
+PAIRED_PAUSE_S = 0.3  # between runs: lets the previous engine's spinning threads (OpenMP) go to sleep
+BANDWIDTH_SAMPLES = 5  # per thread count; the median, since a single pass can be a fluke either way
 # A run during which other processes (or the hypervisor, as steal time) took more than this share
 # of the cores is "contended"; summaries use the other rounds when there are any.
 CONTENDED_SHARE = 0.15
@@ -119,20 +123,25 @@ def _numpy_bandwidth(threads: int) -> float:
     return BANDWIDTH_BYTES / best
 
 
-def memory_bandwidth() -> dict[str, float]:
-    """Read bandwidth in bytes/s with one thread and with one per core; "best" is the higher."""
+def stream_read(threads: int, passes: int = BANDWIDTH_PASSES) -> float:
+    """One bandwidth sample (bytes/s): the best of `passes` sums over 1 GiB."""
     binary = _stream_binary()
-    results: dict[str, float] = {}
+    if binary is None:
+        return _numpy_bandwidth(threads)
+    out = subprocess.run([str(binary), str(BANDWIDTH_BYTES), str(passes)], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    return float(out.stdout.strip()) * 1e9
+
+
+def memory_bandwidth() -> dict[str, Any]:
+    """Read bandwidth in bytes/s with one thread and with one per core: the median of several samples
+    each; "best" is the better thread count."""
+    results: dict[str, Any] = {}
     for threads in sorted({1, os.cpu_count() or 1}):
-        if binary is not None:
-            out = subprocess.run([str(binary), str(BANDWIDTH_BYTES), str(BANDWIDTH_PASSES)],
-                                 capture_output=True, text=True,
-                                 env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-            results[f"threads_{threads}"] = float(out.stdout.strip()) * 1e9
-        else:
-            results[f"threads_{threads}"] = _numpy_bandwidth(threads)
+        samples = [stream_read(threads) for _ in range(BANDWIDTH_SAMPLES)]
+        results[f"threads_{threads}"] = statistics.median(samples)
     results["best"] = max(results.values())
-    results["method"] = "stream_read.c" if binary is not None else "numpy"  # type: ignore[assignment]
+    results["method"] = "stream_read.c" if _stream_binary() is not None else "numpy"
     return results
 
 
@@ -189,3 +198,67 @@ def quiet_rounds(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rounds measured while the machine was not busy with other work, or all if none was."""
     quiet = [r for r in runs if r.get("contention", 0.0) <= CONTENDED_SHARE]
     return quiet or runs
+
+
+class PairedWorker:
+    """A bench_engines.py --serve process: one engine loaded, running on request."""
+
+    def __init__(self, spec: Any, log: Callable[[str], None]):
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": f"{REPO}{os.pathsep}{HERE}"}
+        self.spec = spec
+        self.log = log
+        self.process = subprocess.Popen(
+            [sys.executable, str(HERE / "bench_engines.py"), "--serve", json.dumps(asdict(spec))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        self._expect(READY_MARKER)
+
+    def _expect(self, marker: str) -> str:
+        for line in self.process.stdout:
+            if line.startswith(marker):
+                return line[len(marker):]
+        raise RuntimeError(f"{self.spec.key}: the worker exited (code {self.process.wait()})")
+
+    def run(self, prompt_tokens: int, gen_tokens: int) -> dict[str, Any]:
+        self.process.stdin.write(f"run {prompt_tokens} {gen_tokens}\n")
+        self.process.stdin.flush()
+        return json.loads(self._expect(RESULT_MARKER))
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.write("quit\n")
+                self.process.stdin.flush()
+                self.process.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                self.process.kill()
+
+
+def paired_decode(specs: list[Any], cycles: int, prompt_tokens: int, gen_tokens: int,
+                  log: Callable[[str], None]) -> dict[str, Any]:
+    """Alternate short decode runs of all `specs` (loaded side by side) for `cycles` cycles.
+
+    Every cycle also takes one two-thread bandwidth sample, so each run can be set against the
+    bandwidth of its own moment. Returns per-engine lists of tokens/s and the bandwidth samples.
+    """
+    workers = []
+    try:
+        for spec in specs:
+            log(f"  paired: loading {spec.key}")
+            workers.append(PairedWorker(spec, log))
+        rates: dict[str, list[float]] = {spec.key: [] for spec in specs}
+        busy: dict[str, list[float]] = {spec.key: [] for spec in specs}
+        bandwidth = []
+        for cycle in range(cycles):
+            bandwidth.append(stream_read(os.cpu_count() or 1, passes=3))
+            order = workers[cycle % len(workers):] + workers[:cycle % len(workers)]
+            for worker in order:
+                time.sleep(PAIRED_PAUSE_S)
+                result = worker.run(prompt_tokens, gen_tokens)
+                rates[worker.spec.key].append(1.0 / result["tpot_s"])
+                busy[worker.spec.key].append(result["contention"])
+            log(f"  paired cycle {cycle + 1}/{cycles}: bandwidth {bandwidth[-1] / 1e9:.1f} GB/s, "
+                + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()))
+        return {"rates": rates, "contention": busy, "bandwidth": bandwidth}
+    finally:
+        for worker in workers:
+            worker.close()

@@ -8,7 +8,7 @@
 
 The model: GLM-4-9B's real hidden size, FFN, heads, KV heads and vocabulary with `--layers` layers
 of random bf16 weights (speed does not depend on the values). Everything built is cached under
-benchmarks/out/L{layers}/ (see bench_models.py); the first run at 8 layers spends ~1 h converting.
+benchmarks/out/L{layers}/ (see bench_models.py); the first run at 8 layers spends ~10 min building them.
 
 Fairness: every engine runs in its own fresh process (bench_engines.py) with the same prompts
 lengths, greedy decoding, EOS ignored; rounds alternate the engines (and rotate who goes first) so
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -40,10 +41,13 @@ from bench_runner import (  # noqa: E402
     machine,
     median,
     memory_bandwidth,
+    paired_decode,
     quiet_rounds,
     run_engine,
     wait_for_quiet,
 )
+
+from glm4_edge.model import CPU_DYNAMIC_QUANTIZATION_GROUP  # noqa: E402
 
 DOCS = REPO / "docs"
 DEFAULT_LAYERS = 8
@@ -55,8 +59,19 @@ TORCH_GEN_TOKENS = 8  # PyTorch bf16: ~0.5 s per token here
 TORCH_PROMPT_LENGTHS = (128, 512)  # a 1024-token bf16 prefill costs a minute a round and shows nothing new
 BIG_CONSTANT_BYTES = 1 << 20
 BASELINE = "llama-q4_0"
-# The runtime property tune_cpu.py found to decode fastest on this CPU (see docs/benchmarks.md).
-TUNED_PROPERTIES = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 128}
+# Decode side by side (see bench_runner.paired_decode): the headline comparisons, measured so that
+# drifting machine conditions hit all of them alike.
+DEFAULT_PAIRED = ("edge-int4-cpu", "genai-int4-cpu", "genai-optimum-int4", "llama-q4_0", "llama-q4_k_m")
+DEFAULT_PAIRED_CYCLES = 12
+PAIRED_GEN_TOKENS = 32
+# What glm4_edge.load sets on CPU beyond OpenVINO's defaults, for raw openvino-genai on equal terms.
+EDGE_CPU_PROPERTIES = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": CPU_DYNAMIC_QUANTIZATION_GROUP}
+
+
+def cpu_preset_words() -> str:
+    from glm4_edge.convert import presets
+
+    return presets.describe(presets.resolve("cpu", "int4")).removeprefix("int4 ").replace(", ratio 1", "")
 
 
 @dataclass
@@ -88,27 +103,21 @@ def entries(layers: int, log) -> list[Entry]:
         return bench_models.optimum_default(layers, log)
 
     found = [
-        Entry("edge-int4-cpu", "edge", "glm4-edge INT4 cpu preset (asym g128, all layers)", "glm4-edge",
+        Entry("edge-int4-cpu", "edge", f"glm4-edge INT4, the cpu preset ({cpu_preset_words()})", "glm4-edge",
               cpu_preset),
         Entry("edge-int4-gpu", "edge", bench_models.VARIANTS["edge-int4-gpu"].label, "glm4-edge",
               variant("edge-int4-gpu")),
-        Entry("edge-int4-sym-cw", "edge", bench_models.VARIANTS["edge-int4-sym-cw"].label, "glm4-edge",
-              variant("edge-int4-sym-cw")),
-        Entry("edge-int4-cpu-dq128", "edge", "glm4-edge INT4 cpu preset + DQ group 128", "glm4-edge",
-              cpu_preset, properties=dict(TUNED_PROPERTIES)),
-        Entry("edge-int4-tuned", "edge", "glm4-edge INT4 tuned (sym g128, DQ group 128)", "glm4-edge",
-              variant("edge-int4-gpu"), properties=dict(TUNED_PROPERTIES)),
-        Entry("edge-int4-cw-tuned", "edge", "glm4-edge INT4 sym channel-wise, DQ group 128", "glm4-edge",
-              variant("edge-int4-sym-cw"), properties=dict(TUNED_PROPERTIES)),
+        Entry("edge-int4-asym-g128", "edge", bench_models.VARIANTS["edge-int4-asym-g128"].label, "glm4-edge",
+              variant("edge-int4-asym-g128")),
         Entry("edge-int8", "edge", bench_models.VARIANTS["edge-int8"].label, "glm4-edge",
               variant("edge-int8"), gen_tokens=SLOW_GEN_TOKENS),
         Entry("edge-fp16", "edge", "glm4-edge FP16", "glm4-edge",
               lambda: bench_models.edge_convert(layers, "edge-fp16", "fp16", log),
               gen_tokens=SLOW_GEN_TOKENS),
-        Entry("genai-int4-cpu", "genai", "raw openvino-genai on glm4-edge's INT4 cpu IR", "openvino-genai",
-              cpu_preset),
-        Entry("genai-int4-tuned", "genai", "raw openvino-genai on the tuned IR (same properties)",
-              "openvino-genai", variant("edge-int4-gpu"), properties=dict(TUNED_PROPERTIES)),
+        Entry("genai-int4-cpu", "genai", "raw openvino-genai on the cpu preset's IR, glm4-edge's properties",
+              "openvino-genai", cpu_preset, properties=dict(EDGE_CPU_PROPERTIES)),
+        Entry("genai-int4-cpu-plain", "genai", "raw openvino-genai on the cpu preset's IR, OpenVINO's defaults",
+              "openvino-genai", cpu_preset),
         Entry("genai-optimum-int4", "genai", "raw openvino-genai on optimum-cli's default INT4",
               "openvino-genai", optimum),
         Entry("optimum-int4", "optimum", "optimum-intel OVModelForCausalLM, default INT4", "optimum-intel",
@@ -203,7 +212,7 @@ def weight_bytes(entry: Entry, path: Path) -> dict[str, int]:
 
 # --- running ----------------------------------------------------------------------------------------
 
-def summarize(entry: Entry, path: Path, runs: list[dict[str, Any]], bandwidth: float) -> dict[str, Any]:
+def summarize(entry: Entry, path: Path, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over the quiet rounds (see bench_runner.quiet_rounds); min-max over all of them."""
     weights = weight_bytes(entry, path)
     quiet = quiet_rounds(runs)
@@ -223,10 +232,32 @@ def summarize(entry: Entry, path: Path, runs: list[dict[str, Any]], bandwidth: f
         "prefill_at": int(longest) if longest else None,
         "peak_rss": max(r["peak_rss"] for r in runs), "load_s": median([r["load_s"] for r in runs]),
         "weights": weights,
-        "roofline": weights["per_token"] / bandwidth / tpot if tpot else None,
-        "roofline_best": weights["per_token"] / bandwidth * max(all_rates) if all_rates else None,
         "notes": sorted({n for r in runs for n in r.get("notes", [])}),
     }
+
+
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4)
+    return q1, q2, q3
+
+
+def summarize_paired(raw: dict[str, Any], per_token_bytes: dict[str, int]) -> dict[str, Any]:
+    """Per engine: median tokens/s, ratio to the baseline cycle by cycle, roofline share at each moment."""
+    rates, bandwidth = raw["rates"], raw["bandwidth"]
+    engines = {}
+    for key, values in rates.items():
+        shares = [per_token_bytes[key] * rate / bw for rate, bw in zip(values, bandwidth, strict=True)]
+        entry = {"tokens_per_s": statistics.median(values), "quartiles": _quartiles(values),
+                 "roofline": statistics.median(shares), "bytes_per_token": per_token_bytes[key],
+                 "contention": statistics.median(raw["contention"][key]), "values": values}
+        if BASELINE in rates and key != BASELINE:
+            ratios = [a / b for a, b in zip(values, rates[BASELINE], strict=True)]
+            entry["vs_baseline"] = _quartiles(ratios)
+        engines[key] = entry
+    return {"engines": engines, "cycles": len(bandwidth), "gen_tokens": PAIRED_GEN_TOKENS,
+            "bandwidth_gb_s": _quartiles([b / 1e9 for b in bandwidth]), "baseline": BASELINE}
 
 
 def compare(args: argparse.Namespace, log) -> dict[str, Any]:
@@ -267,14 +298,27 @@ def compare(args: argparse.Namespace, log) -> dict[str, Any]:
                 log(f"  round {round_index + 1} {entry.key}: {rate:.2f} tok/s, TTFT "
                     + ", ".join(f"{k}:{v:.2f}s" for k, v in result["ttft_s"].items())
                     + f", others used {result['contention']:.0%} of the CPU ({result['wall_s']:.0f} s)")
+    paired = None
+    paired_keys = [k for k in (args.paired.split(",") if args.paired else []) if k in paths]
+    if len(paired_keys) > 1 and args.paired_cycles > 0:
+        if args.wait_quiet:
+            wait_for_quiet(args.wait_quiet, log)
+        log(f"paired decode: {', '.join(paired_keys)}")
+        by_key = {e.key: e for e in chosen}
+        specs = [EngineSpec(key=k, kind=by_key[k].kind, path=str(paths[k]), properties=by_key[k].properties,
+                            threads=by_key[k].threads or args.threads, decode_prompt=args.decode_prompt,
+                            gen_tokens=PAIRED_GEN_TOKENS) for k in paired_keys]
+        raw = paired_decode(specs, args.paired_cycles, args.decode_prompt, PAIRED_GEN_TOKENS, log)
+        per_token = {k: weight_bytes(by_key[k], paths[k])["per_token"] for k in paired_keys}
+        paired = summarize_paired(raw, per_token)
     measured_s = time.perf_counter() - started
     bandwidths.append(memory_bandwidth())
     best = max(b["best"] for b in bandwidths)
-    results = [summarize(e, paths[e.key], runs[e.key], best) for e in chosen if runs[e.key]]
+    results = [summarize(e, paths[e.key], runs[e.key]) for e in chosen if runs[e.key]]
     return {"layers": args.layers, "machine": machine(),
             "bandwidth": {"best": best, "method": bandwidths[0]["method"],
                           "samples_gb_s": [round(b["best"] / 1e9, 1) for b in bandwidths]},
-            "rounds": args.rounds, "measure_s": measured_s,
+            "rounds": args.rounds, "measure_s": measured_s, "paired": paired,
             "prompt_lengths": list(args.prompt_lengths), "decode_prompt": args.decode_prompt,
             "command": "python benchmarks/compare_engines.py " + " ".join(sys.argv[1:]), "results": results}
 
@@ -292,11 +336,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="threads for torch/llama.cpp (default: all)")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="before each engine run, wait up to this long for other processes to go idle")
+    parser.add_argument("--paired", default=",".join(DEFAULT_PAIRED),
+                        help="engines whose decode is also measured side by side (comma-separated keys; "
+                             "'' for none)")
+    parser.add_argument("--paired-cycles", type=int, default=DEFAULT_PAIRED_CYCLES,
+                        help=f"alternation cycles of the paired decode (default {DEFAULT_PAIRED_CYCLES})")
     parser.add_argument("--only", help="comma-separated engine keys or kinds to run")
     parser.add_argument("--skip", help="comma-separated engine keys or kinds to leave out (e.g. torch,fp16)")
     parser.add_argument("--build-only", action="store_true", help="build the models, measure nothing")
     parser.add_argument("--report-only", action="store_true", help="rewrite docs from the saved results")
     parser.add_argument("--no-docs", action="store_true", help="save results under benchmarks/out only")
+    parser.add_argument("--docs", type=Path, default=DOCS, help="folder for benchmarks.md and the plots")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.layers < 1:
         parser.error("--rounds and --layers must be at least 1")
@@ -322,9 +372,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_docs:
         import bench_report
 
-        tuning = bench_models.layer_folder(args.layers) / "tuning.json"
-        bench_report.write(report, json.loads(tuning.read_text()) if tuning.is_file() else None, DOCS)
-        log(f"wrote {DOCS / 'benchmarks.md'} and the plots")
+        folder = bench_models.layer_folder(args.layers)
+        tuning = folder / "tuning.json"
+        batches = [json.loads(path.read_text()) for path in sorted(folder.glob("paired-*.json"))]
+        bench_report.write(report, json.loads(tuning.read_text()) if tuning.is_file() else None, args.docs,
+                           batches)
+        log(f"wrote {args.docs / 'benchmarks.md'} and the plots")
     return 0
 
 

@@ -27,13 +27,15 @@ sys.path.insert(0, str(HERE.parent))
 
 import bench_models  # noqa: E402
 from bench_engines import EngineSpec  # noqa: E402
-from bench_runner import median, quiet_rounds, run_engine, wait_for_quiet  # noqa: E402
+from bench_runner import median, paired_decode, quiet_rounds, run_engine, wait_for_quiet  # noqa: E402
 
 DEFAULT_ROUNDS = 3
 DEFAULT_GEN_TOKENS = 64
 DECODE_PROMPT = 128
 TTFT_PROMPT = 1024
 BASELINE = "default"
+MAX_PAIRED = 6  # each INT4 8-layer model holds ~2.5 GB while loaded
+PAIRED_GEN_TOKENS = 32
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,19 @@ class Setting:
 
 
 SYM = "edge-int4-gpu"  # symmetric INT4 group 128 (the gpu preset)
+ASYM = "edge-int4-asym-g128"  # asymmetric INT4 group 128 (the first cpu preset)
+# glm4_edge.load sets DYNAMIC_QUANTIZATION_GROUP_SIZE on CPU; a setting that wants OpenVINO's own
+# default says so with this value.
+OPENVINO_DQ = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 32}
 SETTINGS = [
-    Setting("default", "cpu preset (asym g128), default properties", "edge-int4-cpu"),
+    Setting("default", "the cpu preset (sym channel-wise) as glm4-edge loads it (DQ 128)", "edge-int4-cpu"),
+    Setting("cpu-dq32", "the cpu preset, OpenVINO's DYNAMIC_QUANTIZATION_GROUP_SIZE (32)", "edge-int4-cpu",
+            properties=OPENVINO_DQ),
+    Setting("sym-g128-dq128", "sym g128 (gpu preset), DQ 128", SYM,
+            properties={"DYNAMIC_QUANTIZATION_GROUP_SIZE": 128}),
+    Setting("asym-g128-dq128", "asym g128 (first cpu preset), DQ 128", ASYM,
+            properties={"DYNAMIC_QUANTIZATION_GROUP_SIZE": 128}),
+    Setting("asym-g128-dq32", "asym g128 (first cpu preset), OpenVINO's DQ (32)", ASYM, properties=OPENVINO_DQ),
     Setting("int8emb", "asym g128, INT8 embeddings/lm_head (optimum's default)", "edge-int4-int8emb"),
     Setting("asym-g64", "asym group 64", "edge-int4-asym-g64"),
     Setting("asym-g32", "asym group 32", "edge-int4-asym-g32"),
@@ -68,8 +81,6 @@ SETTINGS = [
     Setting("sym-nopin", "sym g128, ENABLE_CPU_PINNING=false", SYM, properties={"ENABLE_CPU_PINNING": False}),
     Setting("sym-tbb-static", "sym g128, TBB_PARTITIONER=static", SYM,
             properties={"TBB_PARTITIONER": "STATIC"}),
-    Setting("asym-dq128", "cpu preset (asym g128), DYNAMIC_QUANTIZATION_GROUP_SIZE=128", "edge-int4-cpu",
-            properties={"DYNAMIC_QUANTIZATION_GROUP_SIZE": 128}),
     Setting("sym-dq256", "sym g128, DYNAMIC_QUANTIZATION_GROUP_SIZE=256", SYM,
             properties={"DYNAMIC_QUANTIZATION_GROUP_SIZE": 256}),
     Setting("sym-g64-dq64", "sym g64, DYNAMIC_QUANTIZATION_GROUP_SIZE=64", "edge-int4-sym-g64",
@@ -80,6 +91,10 @@ SETTINGS = [
             properties={"DYNAMIC_QUANTIZATION_GROUP_SIZE": 4096}),
     Setting("asym-cw-dq128", "asym channel-wise, DYNAMIC_QUANTIZATION_GROUP_SIZE=128", "edge-int4-asym-cw",
             properties={"DYNAMIC_QUANTIZATION_GROUP_SIZE": 128}),
+    Setting("raw-dq128", "raw openvino-genai, sym g128, DQ 128, default backend", SYM, kind="genai",
+            properties={"DYNAMIC_QUANTIZATION_GROUP_SIZE": 128}),
+    Setting("raw-sdpa-dq128", "raw openvino-genai, sym g128, DQ 128, ATTENTION_BACKEND=SDPA", SYM,
+            kind="genai", properties={"DYNAMIC_QUANTIZATION_GROUP_SIZE": 128, "ATTENTION_BACKEND": "SDPA"}),
     Setting("raw-pa", "raw openvino-genai, sym g128, ATTENTION_BACKEND=PA", SYM, kind="genai",
             properties={"ATTENTION_BACKEND": "PA"}),
     Setting("raw-sdpa", "raw openvino-genai, sym g128, ATTENTION_BACKEND=SDPA", SYM, kind="genai",
@@ -114,6 +129,39 @@ def summarize(setting: Setting, runs: list[dict[str, Any]]) -> dict[str, Any]:
             "contention": [round(r["contention"], 3) for r in runs]}
 
 
+def run_paired(args: argparse.Namespace, chosen: list[Setting], paths: dict[str, Path], log) -> int:
+    """Side-by-side decode of a few settings; the first one is the baseline of the ratios."""
+    import statistics
+
+    if not 2 <= len(chosen) <= MAX_PAIRED:
+        raise SystemExit(f"--paired takes 2 to {MAX_PAIRED} settings (--only), got {len(chosen)}")
+    specs = [EngineSpec(key=s.key, kind=s.kind, path=str(paths[s.key]), properties=s.properties,
+                        threads=s.threads, decode_prompt=DECODE_PROMPT, gen_tokens=PAIRED_GEN_TOKENS)
+             for s in chosen]
+    if args.wait_quiet:
+        wait_for_quiet(args.wait_quiet, log)
+    raw = paired_decode(specs, args.paired, DECODE_PROMPT, PAIRED_GEN_TOKENS, log)
+    base = chosen[0].key
+    results = []
+    for setting in chosen:
+        values = raw["rates"][setting.key]
+        ratios = sorted(a / b for a, b in zip(values, raw["rates"][base], strict=True))
+        results.append({"key": setting.key, "label": setting.label, "model": setting.model,
+                        "properties": setting.properties, "tokens_per_s": statistics.median(values),
+                        "tokens_per_s_min": min(values), "tokens_per_s_max": max(values),
+                        "vs_first": statistics.median(ratios), "vs_first_range": [ratios[0], ratios[-1]],
+                        "contention": statistics.median(raw["contention"][setting.key])})
+        log(f"{setting.key:>16}: {results[-1]['tokens_per_s']:.2f} tok/s, {results[-1]['vs_first']:.3f}x "
+            f"{base} (per-cycle range {ratios[0]:.2f}-{ratios[-1]:.2f})")
+    name = "paired-" + "-".join(s.key for s in chosen) + ".json"
+    out = args.out or bench_models.layer_folder(args.layers) / name
+    out.write_text(json.dumps({"layers": args.layers, "cycles": args.paired, "baseline": base,
+                               "bandwidth_gb_s": [b / 1e9 for b in raw["bandwidth"]], "results": results},
+                              indent=2))
+    log(f"results in {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=8)
@@ -122,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="before each engine run, wait up to this long for other processes to go idle")
     parser.add_argument("--only", help="comma-separated setting keys")
+    parser.add_argument("--paired", type=int, default=0, metavar="CYCLES",
+                        help="instead of rounds: keep the settings loaded side by side (at most "
+                             f"{MAX_PAIRED}) and alternate decode runs for CYCLES cycles")
     parser.add_argument("--out", type=Path,
                         help="results file (default benchmarks/out/L{layers}/tuning.json)")
     args = parser.parse_args(argv)
@@ -132,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     wanted = {w.strip() for w in args.only.split(",")} if args.only else None
     chosen = [s for s in SETTINGS if wanted is None or s.key in wanted]
     paths = {s.key: build(s, args.layers, log) for s in chosen}
+    if args.paired:
+        return run_paired(args, chosen, paths, log)
     runs: dict[str, list[dict[str, Any]]] = {s.key: [] for s in chosen}
     for round_index in range(args.rounds):
         shift = round_index % len(chosen)

@@ -30,12 +30,12 @@ class CompressionSettings:
         return self.awq or self.scale_estimation
 
 
-# Why these (measured, README "Benchmarks"): on a GLM-4-9B-shaped 8-layer model on 2 CPU cores, INT4
-# for every layer including GLM-4's 151552x4096 embedding and lm_head beats INT8 there (the head is
-# read every token), and symmetric channel-wise INT4 decoded fastest: ~31 tok/s against ~22 for
-# symmetric group-128, ~18 for asymmetric group-128 and ~27.5 for llama.cpp Q4_0 in the same run. On the
-# embedded tiny model it keeps the accuracy of fp16 (README "Accuracy"). Where a large model loses
-# accuracy channel-wise, `--group-size 128` or `--awq --scale-estimation` trade speed for it.
+# Why these (measured, docs/benchmarks.md): on a GLM-4-9B-shaped 8-layer model on 2 CPU cores, side by
+# side, symmetric channel-wise INT4 on every layer decoded at 38.4 tok/s against 27.5 for symmetric
+# group-128, 29.7 for asymmetric group-128 and 28.9 for llama.cpp Q4_0. INT4 for GLM-4's 151552x4096
+# embedding and lm_head matters because the head is read every token. On the embedded tiny model it
+# keeps the accuracy of fp16 (README "Accuracy"). Where a large model loses accuracy channel-wise,
+# `--group-size 128` or `--awq --scale-estimation` trade speed for it.
 # GPU kernels favour symmetric group-128; the NPU runs symmetric INT4 only.
 PRESETS = {
     "cpu": CompressionSettings(weight_format="int4", sym=True, group_size=-1, ratio=1.0, all_layers=True,

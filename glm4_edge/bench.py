@@ -11,7 +11,6 @@ from __future__ import annotations
 import gc
 import random
 import re
-import resource
 import shutil
 import statistics
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadParameterError, ContextOverflowError
-from .model import Model, load
+from .model import Model, load, peak_rss_bytes
 
 DEFAULT_PROMPT_TOKENS = 1024
 DEFAULT_GEN_TOKENS = 128
@@ -286,7 +285,7 @@ def bench(options: BenchOptions, progress: Progress | None = None) -> BenchResul
         prompt = maker.make(options.prompt_tokens)
         progress(f"run {index + 1}/{options.runs}")
         runs.append(run_once(model, prompt, options.gen_tokens))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     return BenchResult(
         model=str(options.model), description=model.describe(), device=model.device,
         prompt_tokens=int(statistics.median(r.prompt_tokens for r in runs)),

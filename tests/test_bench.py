@@ -92,3 +92,16 @@ def test_bench_bad_input(tiny_int4, args, words):
 
 def test_bench_missing_model():
     assert_one_line_error(run_cli("bench", "/nonexistent"), "no such model folder")
+
+
+def test_peak_memory_is_the_process_own_not_its_parent():
+    """A benchmark child started by a parent holding lots of memory must not report the parent's peak."""
+    import subprocess
+    import sys
+
+    ballast = bytearray(600 * 2**20)  # touched: bytearray zero-fills, so it is resident
+    script = "from glm4_edge.model import peak_rss_bytes; print(peak_rss_bytes())"
+    own = int(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
+    assert glm4_edge.model.peak_rss_bytes() >= len(ballast)
+    del ballast
+    assert own < 200 * 2**20, own  # ru_maxrss would say >= 600 MiB here: Linux carries it across exec
