@@ -47,7 +47,7 @@ from bench_runner import (  # noqa: E402
     wait_for_quiet,
 )
 
-from glm4_edge.model import CPU_DYNAMIC_QUANTIZATION_GROUP  # noqa: E402
+from glm4_edge.devices import CPU_DYNAMIC_QUANTIZATION_GROUP  # noqa: E402
 
 DOCS = REPO / "docs"
 DEFAULT_LAYERS = 8

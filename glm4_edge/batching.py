@@ -26,7 +26,7 @@ from typing import Any
 
 from . import glm_format
 from .errors import Glm4EdgeError
-from .model import DEFAULT_DEVICE, Chunk, Model, finish_reason, model_facts, open_pipeline, plan_load
+from .model import DEFAULT_DEVICE, Chunk, Model, finish_reason, model_facts, open_pipeline, openvino_reason, plan_load
 
 BATCHING_DEVICES = ("CPU", "GPU")
 ENGINE_IDLE_WAIT_S = 1.0  # the engine thread sleeps on a condition; this only bounds a missed wake-up
@@ -153,8 +153,7 @@ class BatchingEngine:
 
     def _fail(self, error: BaseException) -> None:
         with self._wake:
-            text = str(error).strip()
-            self.failure = text.splitlines()[0][-300:] if text else type(error).__name__
+            self.failure = openvino_reason(error)
             self._closed = True
             stranded, self._pending = [*self._active.values(), *self._pending], []
         self._active.clear()

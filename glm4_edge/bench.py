@@ -295,17 +295,3 @@ def bench(options: BenchOptions, progress: Progress | None = None) -> BenchResul
         prefill_tokens_per_s=Spread.of([r.prefill_tokens_per_s for r in runs]),
         wall=Spread.of([r.wall_s for r in runs]), peak_memory=peak,
         properties={k: str(v) for k, v in options.properties.items()}, per_run=runs)
-
-
-def parse_property(text: str) -> tuple[str, Any]:
-    """`KEY=VALUE` for the pipeline: integers and true/false are typed, the rest stays a string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip() or not value.strip():
-        raise BadParameterError(f"--property {text!r} must look like KEY=VALUE, e.g. KV_CACHE_PRECISION=u8",
-                                "property")
-    value = value.strip()
-    if value.lower() in ("true", "false"):
-        return key.strip(), value.lower() == "true"
-    if re.fullmatch(r"-?\d+", value):
-        return key.strip(), int(value)
-    return key.strip(), value

@@ -90,11 +90,12 @@ class EvalReport:
 class OpenVINOEngine:
     """A converted folder: answers through `glm4_edge.Model`, logits straight from the IR."""
 
-    def __init__(self, folder: Path, device: str = "CPU"):
+    def __init__(self, folder: Path, device: str = "CPU", properties: dict[str, Any] | None = None):
         from .model import load
 
         self.folder = folder
-        self.model = load(folder, device)
+        self.properties = dict(properties or {})
+        self.model = load(folder, device, properties=self.properties)
         self._request = None
 
     def encode(self, text: str) -> list[int]:
@@ -109,7 +110,7 @@ class OpenVINOEngine:
             import openvino as ov
 
             compiled = ov.Core().compile_model(self.folder / "openvino_model.xml", "CPU",
-                                               {"INFERENCE_PRECISION_HINT": "f32"})
+                                               {"INFERENCE_PRECISION_HINT": "f32", **self.properties})
             self._request = compiled.create_infer_request()
             self._inputs = {port.get_any_name() for port in compiled.inputs}
         inputs = {"input_ids": np.array([ids], dtype=np.int64),
@@ -125,10 +126,10 @@ class OpenVINOEngine:
         return sum(p.stat().st_size for p in self.folder.glob("openvino_model.*"))
 
 
-def open_engine(path: Path, device: str = "CPU"):
+def open_engine(path: Path, device: str = "CPU", properties: dict[str, Any] | None = None):
     path = Path(path)
     if (path / "openvino_model.xml").is_file():
-        return OpenVINOEngine(path, device)
+        return OpenVINOEngine(path, device, properties)
     if (path / "config.json").is_file():
         try:
             from .convert.reference import TorchEngine
@@ -224,10 +225,12 @@ def _reference(path: Path, device: str, cases: list[Case]) -> tuple[Any, list[st
 
 
 def evaluate(model_path: Path, reference_path: Path | None = None, tasks: str = "builtin",
-             cases_per_task: int = DEFAULT_CASES_PER_TASK, device: str = "CPU") -> EvalReport:
+             cases_per_task: int = DEFAULT_CASES_PER_TASK, device: str = "CPU",
+             properties: dict[str, Any] | None = None) -> EvalReport:
+    """`properties` go to the model under test (OpenVINO folders only), not to the reference."""
     started = time.perf_counter()
     cases = builtin_cases(cases_per_task) if tasks == "builtin" else file_cases(Path(tasks))
-    model = open_engine(model_path, device)
+    model = open_engine(model_path, device, properties)
     report = EvalReport(model=str(model_path), reference=str(reference_path) if reference_path else None,
                         size_bytes=model.size_bytes())
     answers, rates = [], []

@@ -28,9 +28,6 @@ DEFAULT_CONTEXT = 8192
 # Tokens proposed per step by a draft model or prompt lookup, and the n-gram prompt lookup matches.
 DEFAULT_ASSISTANT_TOKENS = 5
 DEFAULT_LOOKUP_NGRAM = 3
-# OpenVINO quantizes activations per 32 by default; per 128 decodes 1.21x faster on CPU with the cpu
-# preset's channel-wise INT4 weights (docs/benchmarks.md, side-by-side tuning).
-CPU_DYNAMIC_QUANTIZATION_GROUP = 128
 REQUIRED_FILES = ("openvino_model.xml", "openvino_tokenizer.xml", "openvino_detokenizer.xml")
 FINISH_REASONS = ("stop", "length", "tool_calls", "cancelled")
 
@@ -447,14 +444,21 @@ def plan_load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len:
     return LoadPlan(folder, device, manifest, props)
 
 
+def openvino_reason(error: Exception, limit: int = 300) -> str:
+    """The line of an OpenVINO error that says what went wrong, not the "Exception from <file>" trail."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    said = [line for line in lines if not line.startswith("Exception from ")]
+    return ((said or lines or [type(error).__name__])[0])[:limit]
+
+
 def open_pipeline(plan: LoadPlan, factory) -> tuple[Any, float]:
     """`factory()` builds the pipeline; an OpenVINO failure becomes one clear line."""
     started = time.perf_counter()
     try:
         pipeline = factory()
     except RuntimeError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise Glm4EdgeError(f"OpenVINO could not load {plan.folder} on {plan.device}: {first[:300]}") from None
+        reason = openvino_reason(error)
+        raise Glm4EdgeError(f"OpenVINO could not load {plan.folder} on {plan.device}: {reason}") from None
     return pipeline, time.perf_counter() - started
 
 
@@ -484,9 +488,6 @@ def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int 
     plan = plan_load(path, device, max_prompt_len=max_prompt_len, min_response_len=min_response_len, cache=cache,
                      properties=properties)
     props = plan.properties
-    if plan.base_device == "CPU":
-        # Activations quantized per 128 values for the INT4 matmuls: faster decode and prefill (measured).
-        props.setdefault("DYNAMIC_QUANTIZATION_GROUP_SIZE", CPU_DYNAMIC_QUANTIZATION_GROUP)
     if plan.base_device in ("CPU", "GPU"):
         scheduler = openvino_genai.SchedulerConfig()
         scheduler.enable_prefix_caching = True  # multi-turn chats reuse the history's KV cache

@@ -29,7 +29,15 @@ from typing import Any
 from . import glm_format
 from .batching import BatchedModel
 from .errors import BadParameterError, ContextOverflowError, Glm4EdgeError
-from .model import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Chunk, GenerationStats, Model
+from .model import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+    Chunk,
+    GenerationStats,
+    Model,
+    openvino_reason,
+)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -1071,9 +1079,7 @@ _NATIVE_PREFIX = re.compile(r"^(\[[\d:]+\]\s*)?(\S+\.(cc|cpp|hpp|h):\d+:\s*)?")
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    line = text.splitlines()[0] if text else type(error).__name__
-    return _NATIVE_PREFIX.sub("", line)[:500]
+    return _NATIVE_PREFIX.sub("", openvino_reason(error, limit=500))
 
 
 def _status_code(error) -> str | None:

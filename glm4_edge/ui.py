@@ -26,7 +26,15 @@ from typing import Any
 import gradio as gr
 
 from .errors import ContextOverflowError, Glm4EdgeError
-from .model import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Chunk, GenerationStats, Model
+from .model import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+    Chunk,
+    GenerationStats,
+    Model,
+    openvino_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -383,8 +391,7 @@ def _error_text(error: Exception, strings: dict[str, str]) -> str:
         return str(error)
     # OpenVINO reports a lost or hung device as RuntimeError; the operator gets the whole trace.
     log.error("generation failed", exc_info=error)
-    first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-    return f"{strings['device_error']} ({first})"
+    return f"{strings['device_error']} ({openvino_reason(error)})"
 
 
 # --- the app ------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ import json
 import pytest
 
 import glm4_edge
-from glm4_edge.bench import BenchOptions, PromptMaker, Spread, bench, parse_property
+from glm4_edge.bench import BenchOptions, PromptMaker, Spread, bench
+from glm4_edge.cli.common import parse_property
 
 from .test_convert import assert_one_line_error, run_cli
 

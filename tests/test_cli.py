@@ -18,6 +18,16 @@ def test_generate_streams_plain_text(scripted_model):
     assert result.stdout == REASONING_ANSWER + "\n"
 
 
+def test_generate_passes_pipeline_properties(scripted_model):
+    """--property reaches OpenVINO: the answer stays exact with other settings, and a wrong value is refused."""
+    result = run_cli("generate", str(scripted_model), "-p", "hi", "--temperature", "0",
+                     "--property", "DYNAMIC_QUANTIZATION_GROUP_SIZE=4096", "--property", "KV_CACHE_PRECISION=f16")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == REASONING_ANSWER + "\n"
+    result = run_cli("generate", str(scripted_model), "-p", "hi", "--property", "KV_CACHE_PRECISION=nonsense")
+    assert_one_line_error(result, "could not load")
+
+
 def test_generate_reads_stdin_and_prints_json(scripted_model):
     result = subprocess.run([*CLI, "generate", str(scripted_model), "-p", "-", "--json", "--temperature", "0"],
                             input="What is 2+2?", capture_output=True, text=True, timeout=120)
@@ -58,6 +68,9 @@ def test_generate_batch_skips_bad_lines_and_resumes(tmp_path, scripted_model):
     (["chat", "{model}", "--device", "GPU"], ["GPU not found"]),
     (["info", "/nonexistent"], ["not a converted model folder"]),
     (["generate", "{model}"], ["-p/--prompt"]),
+    (["generate", "{model}", "-p", "x", "--property", "KV_CACHE_PRECISION"], ["KEY=VALUE"]),
+    (["generate", "{model}", "-p", "x", "--property", "NO_SUCH_PROPERTY=1"], ["could not load", "NO_SUCH_PROPERTY"]),
+    (["serve", "{model}", "--property", "=u8"], ["KEY=VALUE"]),
 ])
 def test_runtime_verbs_bad_input(scripted_model, args, words):
     result = run_cli(*[a.replace("{model}", str(scripted_model)) for a in args])

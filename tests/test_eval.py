@@ -96,7 +96,10 @@ def test_eval_cli_json_and_table(variants, tmp_path):
     assert report["agreement"]["top1_agreement"] > 0.8
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text(json.dumps({"prompt": "What is 2+3?", "expected": "5"}) + "\n")
-    result = run_cli("eval", str(variants["int4-cpu"]), "--tasks", str(tasks))
+    result = run_cli("eval", str(variants["int4-cpu"]), "--tasks", str(tasks),
+                     "--property", "DYNAMIC_QUANTIZATION_GROUP_SIZE=4096")
     assert result.returncode == 0 and "accuracy" in result.stdout
+    assert_one_line_error(run_cli("eval", str(variants["int4-cpu"]), "--tasks", str(tasks), "--property",
+                                  "KV_CACHE_PRECISION=nonsense"), "could not load", "KV_CACHE_PRECISION")
     assert_one_line_error(run_cli("eval", str(variants["int4-cpu"]), "--tasks", "/nonexistent.jsonl"),
                           "no such file")

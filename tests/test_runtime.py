@@ -241,3 +241,11 @@ def test_speculative_decoding_keeps_the_answer(scripted_model, assist):
 def test_draft_and_prompt_lookup_together_are_refused(scripted_model):
     with pytest.raises(BadParameterError, match="not both"):
         glm4_edge.load(scripted_model, draft=scripted_model, prompt_lookup=True)
+
+
+def test_cpu_gets_the_measured_dynamic_quantization_group_unless_the_user_says_otherwise(scripted_model):
+    from glm4_edge.model import plan_load
+
+    key = "DYNAMIC_QUANTIZATION_GROUP_SIZE"
+    assert plan_load(scripted_model, "CPU").properties[key] == devices.CPU_DYNAMIC_QUANTIZATION_GROUP
+    assert plan_load(scripted_model, "CPU", properties={key: 4096}).properties[key] == 4096

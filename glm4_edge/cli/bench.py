@@ -14,8 +14,7 @@ from ..bench import (
     BenchOptions,
     bench,
 )
-from ..bench import parse_property as _parse_property
-from .common import add_model_args
+from .common import add_model_args, properties
 
 
 def add_parser(subparsers) -> None:
@@ -30,21 +29,17 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
                         help=f"unmeasured runs first (default {DEFAULT_WARMUP})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random prompts")
-    parser.add_argument("--property", action="append", default=[], metavar="KEY=VALUE",
-                        help="pipeline property, repeatable (e.g. KV_CACHE_PRECISION=u8, "
-                             "INFERENCE_NUM_THREADS=2)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    properties = dict(_parse_property(text) for text in args.property)
     options = BenchOptions(model=args.model, device=args.device, prompt_tokens=args.prompt_tokens,
                            gen_tokens=args.gen_tokens, runs=args.runs, warmup=args.warmup, seed=args.seed,
                            draft=args.draft, prompt_lookup=args.prompt_lookup,
                            max_prompt_len=args.max_prompt_len,
                            min_response_len=args.min_response_len, cache=not args.no_cache,
-                           properties=properties)
+                           properties=properties(args))
     quiet = args.json or not sys.stderr.isatty()
     result = bench(options, progress=None if quiet else lambda message: print(message, file=sys.stderr))
     if args.json:

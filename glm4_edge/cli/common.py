@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import re
 from pathlib import Path
+from typing import Any
 
+from ..errors import BadParameterError
 from ..model import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Model, load
 
 
@@ -18,6 +21,17 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-prompt-len", type=int, help="NPU: static prompt length")
     parser.add_argument("--min-response-len", type=int, help="NPU: static response length")
     parser.add_argument("--no-cache", action="store_true", help="GPU/NPU: do not cache compiled blobs")
+    add_property_arg(parser)
+
+
+def add_property_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--property", action="append", default=[], metavar="KEY=VALUE",
+                        help="OpenVINO pipeline property, repeatable (e.g. KV_CACHE_PRECISION=u4, "
+                             "DYNAMIC_QUANTIZATION_GROUP_SIZE=4096)")
+
+
+def properties(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(parse_property(text) for text in args.property)
 
 
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:
@@ -36,8 +50,7 @@ def sampling_options(args: argparse.Namespace) -> dict:
 def load_model(args: argparse.Namespace, warm_up: bool = False) -> Model:
     return load(args.model, args.device, max_prompt_len=args.max_prompt_len,
                 min_response_len=args.min_response_len, cache=not args.no_cache, draft=args.draft,
-                prompt_lookup=args.prompt_lookup,
-                warm_up=warm_up)
+                prompt_lookup=args.prompt_lookup, properties=properties(args), warm_up=warm_up)
 
 
 def is_loopback(host: str) -> bool:
@@ -48,3 +61,17 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def parse_property(text: str) -> tuple[str, Any]:
+    """`KEY=VALUE` for the pipeline: integers and true/false are typed, the rest stays a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not value.strip():
+        raise BadParameterError(f"--property {text!r} must look like KEY=VALUE, e.g. KV_CACHE_PRECISION=u8",
+                                "property")
+    value = value.strip()
+    if value.lower() in ("true", "false"):
+        return key.strip(), value.lower() == "true"
+    if re.fullmatch(r"-?\d+", value):
+        return key.strip(), int(value)
+    return key.strip(), value

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import BadParameterError
+from .common import add_property_arg, properties
 
 
 def add_parser(subparsers) -> None:
@@ -21,6 +22,7 @@ def add_parser(subparsers) -> None:
                         help="'builtin' (the tiny model's held-out tasks) or a .jsonl of {prompt, expected}")
     parser.add_argument("--cases", type=int, default=100, help="builtin cases per task (default 100)")
     parser.add_argument("--device", default="CPU")
+    add_property_arg(parser)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(run=run)
 
@@ -30,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.cases < 1:
         raise BadParameterError("--cases must be at least 1", "cases")
-    report = evaluate(args.model, args.reference, args.tasks, args.cases, args.device)
+    report = evaluate(args.model, args.reference, args.tasks, args.cases, args.device, properties(args))
     if args.json:
         print(json.dumps(report.as_dict(), ensure_ascii=False))
         return 0

@@ -10,7 +10,7 @@ from ..batching import BATCHING_DEVICES, load_batched
 from ..errors import Glm4EdgeError
 from ..manifest import read_manifest
 from ..model import check_model_folder, load
-from .common import add_model_args, is_loopback
+from .common import add_model_args, is_loopback, properties
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -75,11 +75,12 @@ def run(args: argparse.Namespace) -> int:
                                     f"{args.device}; drop --batching")
             batching = False  # NPU, AUTO or speculative decoding: requests queue for the one pipeline
     if batching:
-        loader = partial(load_batched, folder, args.device, cache=not args.no_cache, warm_up=True)
+        loader = partial(load_batched, folder, args.device, cache=not args.no_cache, warm_up=True,
+                         properties=properties(args))
     else:
         loader = partial(load, folder, args.device, max_prompt_len=args.max_prompt_len,
                          min_response_len=args.min_response_len, cache=not args.no_cache, draft=args.draft,
-                         prompt_lookup=args.prompt_lookup,
+                         prompt_lookup=args.prompt_lookup, properties=properties(args),
                          warm_up=True)
     config = server.ServerConfig(load=loader, model_name=name, aliases=(default_name,), api_key=api_key,
                                  max_concurrency=args.max_concurrency, allow_origins=tuple(args.allow_origin),
