@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -33,6 +34,16 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 VIEWPORT = {"width": 1280, "height": 880}
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 DOCS = REPO / "docs"
+# The README's screenshots: refreshed only on request (GLM4_EDGE_SCREENSHOTS=docs make test), so that a
+# test run leaves the tracked files alone.
+SCREENSHOTS = os.environ.get("GLM4_EDGE_SCREENSHOTS")
+
+
+def screenshot(page, name: str) -> None:
+    folder = Path(SCREENSHOTS) if SCREENSHOTS else Path(tempfile.gettempdir()) / "glm4-edge-screenshots"
+    folder = folder if folder.is_absolute() else REPO / folder
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / name))
 UI_TIMEOUT_MS = 20_000
 SERVER_START_S = 90
 LOOP_MAX_NEW_TOKENS = 4000  # loop_model's context is 4096
@@ -205,7 +216,7 @@ def test_desktop_streams_reasoning_answer_and_stats(desktop, page):
     thought.locator(".title").click()
     page.get_by_text(REASONING_THOUGHT).wait_for(state="visible")
     page.wait_for_timeout(600)  # the block slides open; let it finish before the screenshot
-    page.screenshot(path=str(DOCS / "ui-desktop.png"))
+    screenshot(page, "ui-desktop.png")
 
     _watch_chat(page)
     page.click("#regenerate")
@@ -406,7 +417,7 @@ def test_kiosk_cli_locks_the_page_down(kiosk_cli, page):
     assert footer.startswith("首字延迟") and "14 词元" in footer, footer
     assert _last_bot_text(page).startswith(REASONING_ANSWER)
     assert "思考过程" in page.inner_text("#chatbot")
-    page.screenshot(path=str(DOCS / "ui-kiosk.png"))
+    screenshot(page, "ui-kiosk.png")
 
     page.click("#clear")  # "新对话"
     page.wait_for_function("(sel) => document.querySelectorAll(sel).length === 0", arg=BOT)
