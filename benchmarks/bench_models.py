@@ -76,8 +76,24 @@ VARIANTS = {
 }
 
 
+# "glm4-9b": GLM-4-9B's real layer shapes and vocabulary (what the numbers are about); "tiny": the
+# test suite's small shape, so that a smoke run of the whole comparison takes a minute.
+SHAPES = ("glm4-9b", "tiny")
+shape_name = SHAPES[0]
+
+
+def configure(shape: str = SHAPES[0], work: Path | None = None) -> None:
+    """Which shape to build, and where (default benchmarks/out/)."""
+    global OUT, shape_name
+    if shape not in SHAPES:
+        raise ValueError(f"shape {shape!r} is not one of {', '.join(SHAPES)}")
+    shape_name = shape
+    if work is not None:
+        OUT = Path(work).resolve()
+
+
 def layer_folder(layers: int) -> Path:
-    return OUT / f"L{layers}"
+    return OUT / (f"L{layers}" if shape_name == "glm4-9b" else f"{shape_name}-L{layers}")
 
 
 def _timed(log: Log, what: str, action: Callable[[], Any]) -> Any:
@@ -110,15 +126,15 @@ def checkpoint(layers: int, log: Log) -> Path:
         return final
 
     def build() -> Path:
-        from glm4_edge.convert.synthetic import GLM4_9B, build_checkpoint
+        from glm4_edge.convert.synthetic import GLM4_9B, TINY, build_checkpoint
 
         temp = _fresh_temp(final)
-        shape = dataclasses.replace(GLM4_9B, num_hidden_layers=layers)
+        shape = dataclasses.replace(GLM4_9B if shape_name == "glm4-9b" else TINY, num_hidden_layers=layers)
         build_checkpoint(temp, "glm4", shape=shape, dtype="bfloat16")
         return _publish(temp, final)
 
     final.parent.mkdir(parents=True, exist_ok=True)
-    return _timed(log, f"the {layers}-layer GLM-4-9B-shaped bf16 checkpoint", build)
+    return _timed(log, f"the {layers}-layer {shape_name}-shaped bf16 checkpoint", build)
 
 
 def edge_convert(layers: int, name: str, weight_format: str, log: Log) -> Path:

@@ -199,8 +199,12 @@ def write(report: dict[str, Any], tuning: dict[str, Any] | None, docs: Path,
         "",
         f"Machine: {machine_line(report)}.",
         "",
-        f"Model: GLM-4-9B's real shapes (hidden 4096, FFN 13696, 32 heads, 2 KV heads, head dim 128, "
-        f"vocabulary 151552) with {report['layers']} of its 40 layers and random bf16 weights. Decode: "
+        (f"Model: GLM-4-9B's real shapes (hidden 4096, FFN 13696, 32 heads, 2 KV heads, head dim 128, "
+         f"vocabulary 151552) with {report['layers']} of its 40 layers and random bf16 weights. "
+         if report.get("shape", "glm4-9b") == "glm4-9b" else
+         f"Model: the test suite's tiny GLM-4 shape, {report['layers']} layers (a smoke run: not a "
+         "measurement of anything). ") +
+        f"Decode: "
         f"{report['decode_prompt']}-token prompt, then greedy tokens with EOS ignored; TTFT at "
         f"{', '.join(str(n) for n in report['prompt_lengths'])} tokens with a fresh random prompt each time. "
         f"Each engine ran {report['rounds']} times in its own process, alternating with the others. Medians "

@@ -1,7 +1,8 @@
 """glm4-edge against other ways to run the same GLM-4-9B-shaped model on this CPU, in one run.
 
     python benchmarks/compare_engines.py --layers 8                 # build what is missing, measure, docs
-    python benchmarks/compare_engines.py --layers 2 --rounds 1      # a quick smoke run
+    python benchmarks/compare_engines.py --shape tiny --layers 2 --rounds 1 --work /tmp/b --docs /tmp/b
+                                                                    # does everything run? (a minute)
     python benchmarks/compare_engines.py --skip torch,fp16          # leave out slow engines (keys or kinds)
     python benchmarks/compare_engines.py --only edge-int4-cpu,llama-q4_0
     python benchmarks/compare_engines.py --layers 8 --report-only   # rewrite docs from the saved results
@@ -315,7 +316,7 @@ def compare(args: argparse.Namespace, log) -> dict[str, Any]:
     bandwidths.append(memory_bandwidth())
     best = max(b["best"] for b in bandwidths)
     results = [summarize(e, paths[e.key], runs[e.key]) for e in chosen if runs[e.key]]
-    return {"layers": args.layers, "machine": machine(),
+    return {"layers": args.layers, "shape": args.shape, "machine": machine(),
             "bandwidth": {"best": best, "method": bandwidths[0]["method"],
                           "samples_gb_s": [round(b["best"] / 1e9, 1) for b in bandwidths]},
             "rounds": args.rounds, "measure_s": measured_s, "paired": paired,
@@ -347,7 +348,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="rewrite docs from the saved results")
     parser.add_argument("--no-docs", action="store_true", help="save results under benchmarks/out only")
     parser.add_argument("--docs", type=Path, default=DOCS, help="folder for benchmarks.md and the plots")
+    parser.add_argument("--shape", choices=bench_models.SHAPES, default=bench_models.SHAPES[0],
+                        help="glm4-9b (default) or tiny (a quick check that everything runs)")
+    parser.add_argument("--work", type=Path, help="folder for models and results (default benchmarks/out)")
     args = parser.parse_args(argv)
+    bench_models.configure(args.shape, args.work)
     if args.rounds < 1 or args.layers < 1:
         parser.error("--rounds and --layers must be at least 1")
     if args.decode_prompt not in args.prompt_lengths:
