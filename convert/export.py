@@ -30,10 +30,20 @@ from glm4_edge.manifest import MANIFEST_NAME, Compression, Manifest
 from . import calibration, families, presets
 
 DEFAULT_MODELS_DIR = Path("models")
-# Peak RAM is about the bf16 checkpoint plus the IR's working copy; disk needs the staged copy
-# (legacy remap / adapter merge), the fp16 IR and the compressed IR side by side.
-RAM_FACTOR = 1.3
-DISK_FACTOR = 2.5
+# RAM: the checkpoint and the IR are memory-mapped, so they only need page cache, which the kernel
+# reclaims; what must be free is anonymous memory (measured, README "Measurements": 6.3 GB for the
+# 18.8 GB GLM-4-9B shape, 0.34x). It is a base, plus the larger of NNCF's transient working copies of
+# the biggest matrix (the 151552-row embedding: about 4.5x its fp16 size) and the compressed weights
+# it holds before saving; with a margin.
+RAM_BASE_BYTES = 1_000_000_000
+RAM_LARGEST_MATRIX_COPIES = 4.5
+RAM_MARGIN = 1.25
+# Disk, as shares of the checkpoint's size, side by side at the peak: the fp16 IR, the compressed IR,
+# and a rewritten copy of the checkpoint when one is staged (legacy remap, adapter merge); plus margin.
+DISK_FP16_IR = 1.0
+DISK_COMPRESSED = {"int4": 0.3, "int8": 0.55, "fp16": 0.0}
+DISK_STAGED_COPY = 1.0
+DISK_MARGIN = 1.1
 MAX_CONTEXT = 1 << 20
 Progress = Callable[[str], None]
 
@@ -92,7 +102,15 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> Conver
     check_output(output, options.force)
     source_bytes = families.checkpoint_bytes(source_folder)
     if options.check_resources:
-        check_resources(source_bytes, output.parent)
+        staged_copy = source.family == "chatglm" or lora is not None
+        disk_share = (DISK_FP16_IR + DISK_COMPRESSED[settings.weight_format]
+                      + (DISK_STAGED_COPY if staged_copy else 0.0)) * DISK_MARGIN
+        compressing = settings.weight_format != "fp16"
+        need_ram = RAM_BASE_BYTES + (max(RAM_LARGEST_MATRIX_COPIES * _largest_matrix_bytes(source.config,
+                                                                                          source.family),
+                                         DISK_COMPRESSED[settings.weight_format] * source_bytes)
+                                     if compressing else 0)
+        check_resources(source_bytes, output.parent, disk_share, int(need_ram * RAM_MARGIN))
 
     with staging_folder(output) as temp:
         staged = temp / "_source"
@@ -229,27 +247,34 @@ def check_output(output: Path, force: bool) -> None:
         raise Glm4EdgeError(f"cannot write to {existing}; choose a writable -o")
 
 
-def check_resources(source_bytes: int, parent: Path) -> None:
+def check_resources(source_bytes: int, parent: Path, disk_share: float, need_ram: int) -> None:
     import psutil
 
     existing = parent
     while not existing.exists():
         existing = existing.parent
     free_disk = shutil.disk_usage(existing).free
-    need_disk = int(source_bytes * DISK_FACTOR)
+    need_disk = int(source_bytes * disk_share)
     if free_disk < need_disk:
         raise Glm4EdgeError(f"not enough disk: converting needs about {_gb(need_disk)} free next to the output, "
-                            f"{existing} has {_gb(free_disk)}; free space or choose another -o")
+                            f"{existing} has {_gb(free_disk)}; free space or choose another -o "
+                            "(or --no-resource-check)")
     available = psutil.virtual_memory().available
-    need_ram = int(source_bytes * RAM_FACTOR)
     if available < need_ram:
         raise Glm4EdgeError(f"not enough memory: converting a {_gb(source_bytes)} checkpoint needs about "
                             f"{_gb(need_ram)} of RAM, {_gb(available)} is available; close programs or convert "
-                            "on a larger machine")
+                            "on a larger machine (or --no-resource-check)")
 
 
 def _gb(size: int) -> str:
     return f"{size / 1e9:.1f} GB"
+
+
+def _largest_matrix_bytes(config: dict[str, Any], family: str) -> int:
+    """fp16 bytes of the embedding (or lm_head), the biggest matrix of every GLM-4."""
+    if family == "chatglm":
+        config = families.legacy_glm_config(config)
+    return 2 * int(config.get("vocab_size", 0)) * int(config.get("hidden_size", 0))
 
 
 def _count_parameters(config: dict[str, Any], family: str) -> int:

@@ -275,7 +275,14 @@ def bad_sources(workdir, tiny_glm4):
     (vision / "config.json").write_text(json.dumps({"model_type": "chatglm", "vision_config": {}}))
     a_file = root / "a-file"
     a_file.write_text("x")
-    return {"llama": llama, "broken": broken, "no_tokenizer": no_tokenizer, "vision": vision, "file": a_file}
+    # A checkpoint that claims 8 TiB of weights (a sparse file; ext4 allows up to 16): no disk here holds its
+    # conversion.
+    huge = root / "huge"
+    shutil.copytree(tiny_glm4, huge)
+    with open(huge / "model-huge.safetensors", "wb") as handle:
+        handle.truncate(2**43)
+    return {"llama": llama, "broken": broken, "no_tokenizer": no_tokenizer, "vision": vision, "file": a_file,
+            "huge": huge}
 
 
 @pytest.mark.parametrize("case,extra,words", [
@@ -294,6 +301,7 @@ def bad_sources(workdir, tiny_glm4):
     ("good", ["--weight-format", "int3"], ["int3"]),
     ("hub", [], ["HF_HUB_OFFLINE", "hf download"]),
     ("unwritable", [], ["is a file"]),
+    ("huge", [], ["not enough disk", "--no-resource-check"]),
 ])
 def test_bad_input_is_one_line_and_exit_2(workdir, tiny_glm4, bad_sources, case, extra, words):
     out = workdir / f"bad-out-{case}-{len(extra)}"

@@ -34,6 +34,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--npu-min-response-len", type=int, default=256, help="NPU static response length")
     parser.add_argument("--force", action="store_true", help="replace an existing output (after success)")
     parser.add_argument("--quiet", action="store_true", help="no progress or summary")
+    parser.add_argument("--no-resource-check", action="store_true",
+                        help="skip the free disk and RAM estimate made before converting")
     parser.set_defaults(run=run)
 
 
@@ -52,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
         group_size=args.group_size, ratio=args.ratio, sym=args.sym, all_layers=args.all_layers, awq=args.awq,
         scale_estimation=args.scale_estimation, dataset=args.dataset, backup_precision=args.backup_precision,
         context=args.context, adapter=args.adapter, revision=args.revision, force=args.force,
-        npu_max_prompt_len=args.npu_max_prompt_len, npu_min_response_len=args.npu_min_response_len)
+        npu_max_prompt_len=args.npu_max_prompt_len, npu_min_response_len=args.npu_min_response_len,
+        check_resources=not args.no_resource_check)
     with convert_report.progress(quiet=args.quiet) as step:
         result = export.convert(options, step)
     if not args.quiet:
