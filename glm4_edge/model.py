@@ -124,7 +124,13 @@ class Model:
 
     @property
     def family(self) -> str:
-        return self.manifest.family if self.manifest else "unknown"
+        """From the manifest, or for a folder exported by other tools, its config.json's model_type."""
+        if self.manifest:
+            return self.manifest.family
+        try:
+            return str(json.loads((self.path / "config.json").read_text())["model_type"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return "unknown"
 
     @property
     def busy(self) -> bool:
@@ -136,7 +142,8 @@ class Model:
         return self.generation_prefix.rstrip().endswith(glm_format.THINK_OPEN)
 
     def describe(self) -> str:
-        compression = self.manifest.compression.weight_format if self.manifest else "unknown format"
+        compression = (self.manifest.compression.weight_format if self.manifest
+                       else "format unknown (not converted by glm4-edge)")
         return f"{self.name} · {self.family} · {compression} · {self.device}"
 
     # --- prompt -----------------------------------------------------------------------------------

@@ -106,3 +106,19 @@ def test_peak_memory_is_the_process_own_not_its_parent():
     assert glm4_edge.model.peak_rss_bytes() >= len(ballast)
     del ballast
     assert own < 200 * 2**20, own  # ru_maxrss would say >= 600 MiB here: Linux carries it across exec
+
+
+def test_bench_on_a_folder_without_our_manifest(tmp_path, tiny_int4):
+    """"Any converted model": an OpenVINO folder made by other tools (optimum-cli) has no glm4_edge.json."""
+    import shutil
+
+    from glm4_edge.manifest import MANIFEST_NAME
+
+    foreign = tmp_path / "foreign"
+    shutil.copytree(tiny_int4, foreign)
+    (foreign / MANIFEST_NAME).unlink()
+    result = run_cli("bench", str(foreign), "--prompt-tokens", "16", "--gen-tokens", "4", "--runs", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["tokens_per_s"]["median"] > 0
+    model = glm4_edge.load(foreign)
+    assert model.family == "glm4" and "not converted by glm4-edge" in model.describe()
