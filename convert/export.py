@@ -102,15 +102,9 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> Conver
     check_output(output, options.force)
     source_bytes = families.checkpoint_bytes(source_folder)
     if options.check_resources:
-        staged_copy = source.family == "chatglm" or lora is not None
-        disk_share = (DISK_FP16_IR + DISK_COMPRESSED[settings.weight_format]
-                      + (DISK_STAGED_COPY if staged_copy else 0.0)) * DISK_MARGIN
-        compressing = settings.weight_format != "fp16"
-        need_ram = RAM_BASE_BYTES + (max(RAM_LARGEST_MATRIX_COPIES * _largest_matrix_bytes(source.config,
-                                                                                          source.family),
-                                         DISK_COMPRESSED[settings.weight_format] * source_bytes)
-                                     if compressing else 0)
-        check_resources(source_bytes, output.parent, disk_share, int(need_ram * RAM_MARGIN))
+        need_disk, need_ram = resource_needs(source, source_bytes, settings.weight_format,
+                                             staged_copy=source.family == "chatglm" or lora is not None)
+        check_resources(source_bytes, output.parent, need_disk, need_ram)
 
     with staging_folder(output) as temp:
         staged = temp / "_source"
@@ -247,14 +241,25 @@ def check_output(output: Path, force: bool) -> None:
         raise Glm4EdgeError(f"cannot write to {existing}; choose a writable -o")
 
 
-def check_resources(source_bytes: int, parent: Path, disk_share: float, need_ram: int) -> None:
+def resource_needs(source: families.SourceInfo, source_bytes: int, weight_format: str,
+                   staged_copy: bool) -> tuple[int, int]:
+    """(disk, RAM) bytes a conversion needs free, from the constants above."""
+    compressed = DISK_COMPRESSED[weight_format]
+    disk = (DISK_FP16_IR + compressed + (DISK_STAGED_COPY if staged_copy else 0.0)) * source_bytes
+    working = 0.0
+    if weight_format != "fp16":
+        largest = _largest_matrix_bytes(source.config, source.family)
+        working = max(RAM_LARGEST_MATRIX_COPIES * largest, compressed * source_bytes)
+    return int(disk * DISK_MARGIN), int((RAM_BASE_BYTES + working) * RAM_MARGIN)
+
+
+def check_resources(source_bytes: int, parent: Path, need_disk: int, need_ram: int) -> None:
     import psutil
 
     existing = parent
     while not existing.exists():
         existing = existing.parent
     free_disk = shutil.disk_usage(existing).free
-    need_disk = int(source_bytes * disk_share)
     if free_disk < need_disk:
         raise Glm4EdgeError(f"not enough disk: converting needs about {_gb(need_disk)} free next to the output, "
                             f"{existing} has {_gb(free_disk)}; free space or choose another -o "

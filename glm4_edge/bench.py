@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .devices import base_device
 from .errors import BadParameterError, ContextOverflowError
 from .model import Model, load, peak_rss_bytes
 
@@ -237,7 +238,7 @@ def _load(options: BenchOptions, properties: dict[str, Any]) -> Model:
 
 def measure_loads(options: BenchOptions) -> tuple[Model, LoadTimes]:
     """Load twice; keep the second model. GPU/NPU compile into a fresh cache so the first load is cold."""
-    base = options.device.strip().upper().split(".")[0].split(":")[0]
+    base = base_device(options.device)
     properties = dict(options.properties)
     scratch = None
     if options.cache and base in ("GPU", "NPU", "AUTO") and "CACHE_DIR" not in properties:

@@ -14,6 +14,10 @@ from .manifest import Manifest
 DEFAULT_NPU_MAX_PROMPT_LEN = 1024
 DEFAULT_NPU_MIN_RESPONSE_LEN = 256
 CACHE_ENV = "GLM4_EDGE_CACHE_DIR"
+# OpenVINO quantizes activations per 32 values by default; per 128 decodes 1.21x faster on CPU with the
+# cpu preset's channel-wise INT4 weights (docs/benchmarks.md, side-by-side tuning). Per 4096 was 1.10x
+# faster again but stays opt-in (--property): its accuracy on real checkpoints is unmeasured.
+CPU_DYNAMIC_QUANTIZATION_GROUP = 128
 
 
 @dataclass
@@ -30,10 +34,11 @@ def _core():
 
     return openvino.Core()
 
-# OpenVINO quantizes activations per 32 values by default; per 128 decodes 1.21x faster on CPU with the
-# cpu preset's channel-wise INT4 weights (docs/benchmarks.md, side-by-side tuning). Per 4096 was 1.10x
-# faster again but stays opt-in (--property): its accuracy on real checkpoints is unmeasured.
-CPU_DYNAMIC_QUANTIZATION_GROUP = 128
+
+def base_device(device: str) -> str:
+    """The plugin a device name runs on: "GPU.1" -> "GPU", "AUTO:GPU,CPU" -> "AUTO"."""
+    return device.strip().upper().split(".")[0].split(":")[0]
+
 
 def available_devices() -> list[str]:
     return list(_core().available_devices)
@@ -91,7 +96,7 @@ def pipeline_properties(device: str, manifest: Manifest | None, model_dir: Path,
                         max_prompt_len: int | None = None, min_response_len: int | None = None,
                         cache: bool = True) -> dict[str, Any]:
     """Properties for `LLMPipeline(model_dir, device, **props)`."""
-    base = device.split(".")[0].split(":")[0]
+    base = base_device(device)
     properties: dict[str, Any] = {}
     if cache and base in ("GPU", "NPU", "AUTO"):
         properties["CACHE_DIR"] = str(cache_dir())

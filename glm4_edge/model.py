@@ -32,7 +32,6 @@ REQUIRED_FILES = ("openvino_model.xml", "openvino_tokenizer.xml", "openvino_deto
 FINISH_REASONS = ("stop", "length", "tool_calls", "cancelled")
 
 
-
 def peak_rss_bytes() -> int:
     """This process's peak resident memory since it started its program.
 
@@ -46,6 +45,7 @@ def peak_rss_bytes() -> int:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
 
 @dataclass
 class GenerationStats:
@@ -141,10 +141,14 @@ class Model:
     def starts_in_reasoning(self) -> bool:
         return self.generation_prefix.rstrip().endswith(glm_format.THINK_OPEN)
 
+    @property
+    def weight_format(self) -> str:
+        if self.manifest:
+            return self.manifest.compression.weight_format
+        return "format unknown (not converted by glm4-edge)"
+
     def describe(self) -> str:
-        compression = (self.manifest.compression.weight_format if self.manifest
-                       else "format unknown (not converted by glm4-edge)")
-        return f"{self.name} · {self.family} · {compression} · {self.device}"
+        return f"{self.name} · {self.family} · {self.weight_format} · {self.device}"
 
     # --- prompt -----------------------------------------------------------------------------------
 
@@ -425,7 +429,7 @@ class LoadPlan:
 
     @property
     def base_device(self) -> str:
-        return self.device.split(".")[0].split(":")[0]
+        return devices.base_device(self.device)
 
 
 def check_model_folder(path: str | Path) -> Path:
@@ -492,6 +496,8 @@ def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int 
     """
     import openvino_genai
 
+    if draft is not None and prompt_lookup:
+        raise BadParameterError("choose --draft or --prompt-lookup, not both", "prompt_lookup")
     plan = plan_load(path, device, max_prompt_len=max_prompt_len, min_response_len=min_response_len, cache=cache,
                      properties=properties)
     props = plan.properties
@@ -506,8 +512,6 @@ def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int 
         target = plan.base_device if plan.base_device != "AUTO" else "CPU"
         props["draft_model"] = openvino_genai.draft_model(str(draft_folder), target)
     if prompt_lookup:
-        if draft is not None:
-            raise BadParameterError("choose --draft or --prompt-lookup, not both", "prompt_lookup")
         props["prompt_lookup"] = True
     pipeline, load_s = open_pipeline(plan, lambda: openvino_genai.LLMPipeline(str(plan.folder), plan.device,
                                                                                **props))

@@ -397,8 +397,7 @@ def _error_text(error: Exception, strings: dict[str, str]) -> str:
 # --- the app ------------------------------------------------------------------------------------
 
 def model_summary(model: Model) -> str:
-    compression = model.manifest.compression.weight_format if model.manifest else "format unknown"
-    return f"**{model.name}** · {model.family} · {compression} · {model.device}"
+    return f"**{model.name}** · {model.family} · {model.weight_format} · {model.device}"
 
 
 def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_prompt: str = "",

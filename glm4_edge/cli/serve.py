@@ -7,6 +7,7 @@ import sys
 from functools import partial
 
 from ..batching import BATCHING_DEVICES, load_batched
+from ..devices import base_device
 from ..errors import Glm4EdgeError
 from ..manifest import read_manifest
 from ..model import check_model_folder, load
@@ -68,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
               f"(--api-key or ${server.API_KEY_ENV})", file=sys.stderr)
     batching = args.batching if args.batching is not None else args.max_concurrency > 1
     if batching:
-        base = args.device.upper().split(".")[0].split(":")[0]
-        if base not in BATCHING_DEVICES or args.draft is not None or args.prompt_lookup:
+        if base_device(args.device) not in BATCHING_DEVICES or args.draft is not None or args.prompt_lookup:
             if args.batching:
                 raise Glm4EdgeError(f"--batching runs on CPU or GPU without --draft/--prompt-lookup, not "
                                     f"{args.device}; drop --batching")
