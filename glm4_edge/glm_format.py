@@ -93,53 +93,186 @@ def tool_schemas(tools: Iterable[dict] | None) -> list[dict]:
     return schemas
 
 
-def render_tools_block(tools: Sequence[dict]) -> str:
-    parts = [TOOLS_HEADER]
-    for function in tools:
-        parts.append(f"## {function['name']}\n\n{json.dumps(function, ensure_ascii=False, indent=4)}\n"
-                     f"{TOOLS_FOOTER}")
-    return "\n\n".join(parts)
+# How each published template phrases its tool block (see `PROMPT_FORMATS`).
+_LEGACY_TOOLS_PREAMBLE = ("你是一个名为 ChatGLM 的人工智能助手。你是基于智谱AI训练的语言模型 GLM-4 模型开发的，"
+                          "你的任务是针对用户的问题和要求提供适当的答复和支持。\n\n")
+_Z1_TOOLS_PREAMBLE = ("你是一个名为 ChatGLM 的人工智能助手。你是基于智谱 AI 公司训练的语言模型 GLM-4 模型开发的，"
+                      "你的任务是针对用户的问题和要求提供适当的答复和支持。\n\n")
+
+GLM4_0414 = "glm-4-0414"
+GLM_Z1_0414 = "glm-z1-0414"
+GLM4_9B_CHAT = "glm-4-9b-chat"
+# The published chat templates this renderer reproduces byte for byte (as transformers renders them,
+# trim_blocks and lstrip_blocks on); tests/data/chat_templates holds their text and sources.
+#   glm-4-0414:    THUDM/GLM-4-9B-0414, GLM-4-32B-0414
+#   glm-z1-0414:   THUDM/GLM-Z1-9B-0414, GLM-Z1-32B-0414 (thinking dropped from every earlier turn)
+#   glm-4-9b-chat: THUDM/glm-4-9b-chat (legacy chatglm) and glm-4-9b-chat-hf, which ships the same template
+PROMPT_FORMATS = (GLM4_0414, GLM_Z1_0414, GLM4_9B_CHAT)
+DEFAULT_PROMPT_FORMAT = GLM4_0414
 
 
-def strip_reasoning(content: str) -> str:
-    """Earlier Z1 turns are fed back without their thinking, as the Z1 template does."""
-    if THINK_CLOSE in content:
-        return content.split(THINK_CLOSE)[-1].lstrip()
-    return content
+def detect_prompt_format(chat_template: str | None, family: str = "glm4", reasoning: bool = False) -> str:
+    """Which published template a checkpoint's own `chat_template` is; by family when it is none of them.
+
+    The markers are the constructs that tell the three templates apart: the legacy one reads tools from
+    a message (`item['tools']`), the 0414 ones move system turns first, and Z1 trims `</think>`.
+    """
+    template = chat_template or ""
+    if "item['tools']" in template:
+        return GLM4_9B_CHAT
+    if "message.role != 'system'" in template:
+        return GLM_Z1_0414 if "split('</think>')" in template else GLM4_0414
+    if family in ("glm", "chatglm"):
+        return GLM4_9B_CHAT
+    return GLM_Z1_0414 if reasoning else GLM4_0414
+
+
+class Prompt(str):
+    """A rendered prompt that remembers which parts are message text.
+
+    It is the prompt string (so it prints, measures and compares as one), and `segments` says
+    which pieces the renderer wrote (role tags, fixed headers) and which came from messages, tool
+    schemas or tool results. Only the renderer's pieces may become special tokens: see
+    `encoding_chunks`. Slicing or adding to it gives a plain `str`, which is encoded raw.
+    """
+
+    segments: tuple[tuple[str, bool], ...]  # (text, is message content)
+
+    def __new__(cls, segments: Iterable[tuple[str, bool]]) -> Prompt:
+        merged: list[tuple[str, bool]] = []
+        for text, is_content in segments:
+            if not text:
+                continue
+            if merged and merged[-1][1] == is_content:
+                merged[-1] = (merged[-1][0] + text, is_content)
+            else:
+                merged.append((text, is_content))
+        prompt = super().__new__(cls, "".join(text for text, _ in merged))
+        prompt.segments = tuple(merged)
+        return prompt
+
+    def replace_reply_opener(self, old: str, *segments: tuple[str, bool]) -> Prompt:
+        """This prompt with its closing `old` (the generation prefix) replaced by `segments`.
+
+        Raises ValueError if the prompt does not end with `old` written by the renderer.
+        """
+        if not self.endswith(old) or not self.segments or self.segments[-1][1]:
+            raise ValueError("the prompt does not end with the renderer's reply opener")
+        last, _ = self.segments[-1]
+        return Prompt([*self.segments[:-1], (last[: len(last) - len(old)], False), *segments])
+
+    def encoding_chunks(self) -> list[str]:
+        """Pieces to tokenize one by one and concatenate, so no message text becomes a special token.
+
+        OpenVINO tokenizers have no switch to treat special-token text as plain text (Hugging Face's
+        `split_special_tokens`), so each special token's text inside message content is cut into two
+        chunks: the tokenizer then never sees it whole. The cut is placed before the token's closing
+        punctuation (`<|user` + `|>`), a boundary GLM-4's pre-tokenizer already splits at, so the ids
+        are those a tokenizer with `split_special_tokens=True` gives.
+        """
+        chunks = [""]
+        for text, is_content in self.segments:
+            pieces = split_special_text(text) if is_content else [text]
+            chunks[-1] += pieces[0]
+            chunks.extend(pieces[1:])
+        return [chunk for chunk in chunks if chunk]
+
+
+# Every GLM-4 special token's text, the vision ones too (all are special ids in the 151552 vocabulary).
+PROTECTED_TOKENS = SPECIAL_TOKENS + ("<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>",
+                                     "<|end_of_video|>")
+_PROTECTED = re.compile("|".join(re.escape(t) for t in sorted(PROTECTED_TOKENS, key=len, reverse=True)))
+
+
+def split_special_text(text: str) -> list[str]:
+    """`text` cut inside every special-token string it contains (see `Prompt.encoding_chunks`)."""
+    pieces, start = [], 0
+    for match in _PROTECTED.finditer(text):
+        token = match.group()
+        cut = match.start() + len(re.sub(r"[^0-9A-Za-z]+$", "", token))
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
+
+
+def _tools_block(schemas: Sequence[dict], prompt_format: str) -> list[tuple[str, bool]]:
+    """The tool turn as each template writes it, including its whitespace quirks under trim_blocks."""
+    if prompt_format == GLM4_0414:
+        parts: list[tuple[str, bool]] = [(f"<|system|>\n{TOOLS_HEADER}\n", False)]
+    elif prompt_format == GLM_Z1_0414:
+        parts = [(f"<|system|>\n{_Z1_TOOLS_PREAMBLE}{TOOLS_HEADER}", False)]
+    else:
+        parts = [(f"<|system|>\n{_LEGACY_TOOLS_PREAMBLE}{TOOLS_HEADER}", False)]
+    for function in schemas:
+        parts += [("\n## ", False), (str(function["name"]), True), ("\n\n", False),
+                  (json.dumps(function, ensure_ascii=False, indent=4), True), (f"\n{TOOLS_FOOTER}", False)]
+    return parts
+
+
+def _tool_call_turns(message: Message) -> list[tuple[str, str]]:
+    """OpenAI `tool_calls` as the templates' (metadata, content) pairs: the name, then the JSON arguments."""
+    turns = []
+    for call in message.get("tool_calls") or []:
+        function = call.get("function", call) if isinstance(call, dict) else {}
+        arguments = function.get("arguments", "{}")
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        turns.append((str(function.get("name", "")), arguments))
+    return turns
+
+
+def render_segments(
+    messages: str | Sequence[Message],
+    tools: Sequence[dict] | None = None,
+    generation_prefix: str = DEFAULT_GENERATION_PREFIX,
+    prompt_format: str = DEFAULT_PROMPT_FORMAT,
+) -> Prompt:
+    """The chat prompt as `prompt_format`'s published template writes it (see `PROMPT_FORMATS`).
+
+    `[gMASK]<sop>` once; the tool block as a `<|system|>` turn of its own; then `<|role|>\ncontent`
+    turns. The 0414 and Z1 templates move every system message to the front, after the tools; the
+    legacy one keeps them in place and skips turns with empty content. Z1 trims each non-system
+    turn to its text after the last `</think>`. An assistant tool call is `<|assistant|>{name}`
+    (0414/Z1 add a space) then `\n{arguments}`. Raises BadParameterError on malformed messages.
+    """
+    if prompt_format not in PROMPT_FORMATS:
+        raise BadParameterError(f"prompt format {prompt_format!r} is not one of {', '.join(PROMPT_FORMATS)}",
+                                "prompt_format")
+    messages = normalize_messages(messages)
+    schemas = tool_schemas(tools)
+    legacy = prompt_format == GLM4_9B_CHAT
+    parts: list[tuple[str, bool]] = [(PROMPT_PREFIX, False)]
+    if schemas:
+        parts += _tools_block(schemas, prompt_format)
+    if not legacy:
+        for message in messages:
+            if message["role"] == "system":
+                parts += [("<|system|>\n", False), (message["content"], True)]
+        messages = [m for m in messages if m["role"] != "system"]
+    for message in messages:
+        role = "observation" if message["role"] == "tool" else message["role"]
+        calls = _tool_call_turns(message) if role == "assistant" else []
+        turns = calls or [("", message["content"])]
+        for meta, content in turns:
+            if prompt_format == GLM_Z1_0414:
+                content = content.split(THINK_CLOSE)[-1].strip()
+            if legacy and not content:
+                continue  # the legacy template writes no turn for empty content
+            separator = " \n" if meta and not legacy else "\n"
+            parts += [(ROLE_TAGS[role], False), (meta, True), (separator, False), (content, True)]
+    parts.append((generation_prefix, False))
+    return Prompt(parts)
 
 
 def render_prompt(
     messages: str | Sequence[Message],
     tools: Sequence[dict] | None = None,
     generation_prefix: str = DEFAULT_GENERATION_PREFIX,
+    prompt_format: str = DEFAULT_PROMPT_FORMAT,
 ) -> str:
-    """The GLM-4 chat prompt: `[gMASK]<sop>` once, then `<|role|>\\ncontent` per turn."""
-    messages = normalize_messages(messages)
-    schemas = tool_schemas(tools)
-    parts = [PROMPT_PREFIX]
-    if schemas:
-        system_text = ""
-        if messages[0]["role"] == "system":
-            system_text = messages[0]["content"].rstrip() + "\n\n"
-            messages = messages[1:]
-        parts.append(f"<|system|>\n{system_text}{render_tools_block(schemas)}")
-    for message in messages:
-        role, content = message["role"], message["content"]
-        if role == "assistant":
-            calls = message.get("tool_calls") or []
-            if calls:
-                for call in calls:
-                    function = call.get("function", call)
-                    arguments = function.get("arguments", "{}")
-                    if not isinstance(arguments, str):
-                        arguments = json.dumps(arguments, ensure_ascii=False)
-                    parts.append(f"<|assistant|>{function['name']}\n{arguments}")
-                continue
-            parts.append(f"<|assistant|>\n{strip_reasoning(content)}")
-        else:
-            parts.append(f"{ROLE_TAGS[role]}\n{content}")
-    parts.append(generation_prefix)
-    return "".join(parts)
+    """`render_segments` as plain text (for calibration and evaluation text, which is trusted)."""
+    return str(render_segments(messages, tools, generation_prefix, prompt_format))
 
 
 def prefix_hold_length(text: str, needles: Iterable[str]) -> int:
@@ -228,15 +361,11 @@ class ReplyParser:
                 self._mode, self.saw_reasoning = "reasoning", True
                 self._buffer = stripped[len(THINK_OPEN):]
                 return True
-            if self.tool_names and not buffer.startswith("\n"):
-                first_line, newline, _ = buffer.partition("\n")
-                if not newline:
-                    if any(name.startswith(first_line) for name in self.tool_names):
-                        return False
-                elif first_line.strip() in self.tool_names:
-                    self._mode, self._tool_text, self._buffer = "tool", buffer, ""
-                    return True
-            self._mode, self._buffer = "text", stripped if buffer.startswith("\n") else buffer
+            decided = self._tool_start(buffer)
+            if decided is None:
+                return False
+            if not decided:
+                self._mode, self._buffer = "text", stripped
             return True
         if self._mode == "reasoning":
             end = buffer.find(THINK_CLOSE)
@@ -256,14 +385,11 @@ class ReplyParser:
             return True
         if self._mode == "start_after_reasoning":
             # After thinking, a Z1 model may still answer with a tool call.
-            if self.tool_names:
-                first_line, newline, _ = buffer.partition("\n")
-                if not newline and any(name.startswith(first_line) for name in self.tool_names):
-                    return False
-                if newline and first_line.strip() in self.tool_names:
-                    self._mode, self._tool_text, self._buffer = "tool", buffer, ""
-                    return True
-            self._mode = "text"
+            decided = self._tool_start(buffer)
+            if decided is None:
+                return False
+            if not decided:
+                self._mode = "text"
             return True
         if self._mode == "tool":
             self._tool_text += buffer
@@ -271,6 +397,23 @@ class ReplyParser:
             return False
         piece.text += buffer
         self._buffer = ""
+        return False
+
+    def _tool_start(self, buffer: str) -> bool | None:
+        """True (now in tool mode) if the answer opens with a declared tool's name on a line of its own,
+        False if it cannot, None while it still could. Whitespace around the call does not hide it:
+        the official GLM-4 demos strip the answer before parsing a call."""
+        if not self.tool_names:
+            return False
+        stripped = buffer.lstrip()
+        if not stripped:
+            return None
+        first_line, newline, _ = stripped.partition("\n")
+        if not newline:
+            return None if any(name.startswith(first_line.rstrip()) for name in self.tool_names) else False
+        if first_line.strip() in self.tool_names:
+            self._mode, self._tool_text, self._buffer = "tool", stripped, ""
+            return True
         return False
 
     def finish(self) -> tuple[ParsedPiece, list[ToolCall]]:
