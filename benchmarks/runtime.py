@@ -19,6 +19,7 @@ from pathlib import Path
 import openvino_genai
 
 import glm4_edge
+from glm4_edge import prompting
 
 WORDS = ("alpha beta gamma delta model token cache stream answer history system user reply quick brown fox "
          "jumps over lazy dog river mountain city light sound water stone green blue").split()
@@ -43,7 +44,7 @@ def overhead(model_dir: Path, runs: int, gen_tokens: int) -> dict:
             if engine == "raw":
                 config = raw.get_generation_config()
                 config.max_new_tokens, config.ignore_eos, config.do_sample = gen_tokens, True, False
-                ids = model.tokenizer.encode(model.render(prompt + engine), add_special_tokens=False)
+                ids = prompting.token_inputs([model.encode(model.render(prompt + engine))])
                 result = raw.generate(ids, config, lambda text: openvino_genai.StreamingStatus.RUNNING)
                 rate = 1000.0 / result.perf_metrics.get_tpot().mean
             else:

@@ -115,14 +115,19 @@ def chat_template(reasoning: bool = False) -> str:
 
 
 def build_checkpoint(folder: Path, family: str = "glm4", shape: Shape = TINY, seed: int = 0,
-                     reasoning: bool = False, dtype: str = "float32", tokenizer=None) -> Path:
-    """Write a random-weight `glm4` or `glm` checkpoint (config, safetensors, tokenizer) to `folder`."""
+                     reasoning: bool = False, dtype: str = "float32", tokenizer=None,
+                     template: str | None = None) -> Path:
+    """Write a random-weight `glm4` or `glm` checkpoint (config, safetensors, tokenizer) to `folder`.
+
+    `template` replaces the stand-in chat template (e.g. with a published one, to test that the
+    runtime follows the checkpoint's own template).
+    """
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig, Glm4Config, GlmConfig
 
     folder = Path(folder)
     tokenizer = tokenizer or build_tokenizer()
-    tokenizer.chat_template = chat_template(reasoning)
+    tokenizer.chat_template = template or chat_template(reasoning)
     stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS]
     vocab_size = shape.vocab_size or (len(tokenizer) + 63) // 64 * 64
     config_class = {"glm4": Glm4Config, "glm": GlmConfig}[family]
@@ -263,7 +268,7 @@ def _byte_decoder() -> dict[str, int]:
 
 def build_scripted_checkpoint(folder: Path, pieces: list[str | bytes], end: str | None = "<|user|>",
                               loop: bool = False, family: str = "glm4", reasoning: bool = False,
-                              start: str = "<|assistant|>") -> Path:
+                              start: str = "<|assistant|>", template: str | None = None) -> Path:
     """A checkpoint whose greedy answer is always `pieces`: deterministic output for end-to-end tests.
 
     Every layer's output projection is zero, so the logits depend on the last token alone, and
@@ -294,7 +299,7 @@ def build_scripted_checkpoint(folder: Path, pieces: list[str | bytes], end: str 
         chain.append(tokenizer.convert_tokens_to_ids(end))
     if len(set(chain)) != len(chain):
         raise ValueError("scripted pieces must be distinct tokens")
-    folder = build_checkpoint(folder, family, TINY, reasoning=reasoning, tokenizer=tokenizer)
+    folder = build_checkpoint(folder, family, TINY, reasoning=reasoning, tokenizer=tokenizer, template=template)
     weights = folder / "model.safetensors"
     state = load_file(weights)
     embed = state["model.embed_tokens.weight"]

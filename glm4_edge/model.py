@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import devices, glm_format
+from . import devices, glm_format, prompting
 from .errors import BadParameterError, ContextOverflowError, Glm4EdgeError, ModelFormatError
 from .manifest import Manifest, read_manifest
 from .streaming import CallbackStream
@@ -117,6 +117,8 @@ class Model:
         self.stop_token_ids = stop_token_ids
         self._lock = threading.Lock()  # one generation at a time per pipeline
         self.assisted: str | None = None  # "draft" | "prompt_lookup": set by `load`
+        reasoning = bool(manifest and manifest.reasoning) or self.starts_in_reasoning
+        self.prompt_format = prompting.prompt_format(self.tokenizer, self.family, reasoning)
 
     @property
     def name(self) -> str:
@@ -152,11 +154,21 @@ class Model:
 
     # --- prompt -----------------------------------------------------------------------------------
 
-    def render(self, messages: str | Sequence[dict], tools: Sequence[dict] | None = None) -> str:
-        return glm_format.render_prompt(messages, tools, self.generation_prefix)
+    def render(self, messages: str | Sequence[dict], tools: Sequence[dict] | None = None) -> glm_format.Prompt:
+        """The prompt in this checkpoint's own template format (`prompt_format`), message text marked."""
+        return glm_format.render_segments(messages, tools, self.generation_prefix, self.prompt_format)
+
+    def encode(self, prompt: str) -> list[int]:
+        """Token ids of `prompt`, without a second `[gMASK]<sop>`.
+
+        A rendered `glm_format.Prompt` is encoded so that its message text stays text: a user who
+        types `<|assistant|>` gets the characters, not the role tag. A plain string (a raw
+        /v1/completions prompt, written whole by its client) is encoded as written, tags included.
+        """
+        return prompting.encode(self.tokenizer, prompt)
 
     def count_tokens(self, text: str) -> int:
-        return int(self.tokenizer.encode(text, add_special_tokens=False).input_ids.get_shape()[-1])
+        return len(self.encode(text))
 
     # --- generation -------------------------------------------------------------------------------
 
@@ -187,8 +199,9 @@ class Model:
         """`stream` for a prompt already rendered. parse=False yields the model's raw text (completions);
         `json_schema` constrains the output through openvino-genai's structured output."""
         stops = [stop] if isinstance(stop, str) else list(stop or [])
-        inputs = self.tokenizer.encode(prompt, add_special_tokens=False)
-        prompt_tokens = int(inputs.input_ids.get_shape()[-1])
+        ids = self.encode(prompt)
+        inputs = prompting.token_inputs([ids])
+        prompt_tokens = len(ids)
         if max_new_tokens < 1:
             raise BadParameterError(f"max_new_tokens must be at least 1, got {max_new_tokens}", "max_new_tokens")
         if self.context_length and prompt_tokens + max_new_tokens > self.context_length:
@@ -246,14 +259,14 @@ class Model:
                        tools: Sequence[dict] | None = None) -> list[Reply]:
         """Answer several conversations in one batched `generate` call (no streaming)."""
         schemas = glm_format.tool_schemas(tools)
-        prompts = [self.render(messages, schemas) for messages in conversations]
-        lengths = [self.count_tokens(prompt) for prompt in prompts]
+        encoded = [self.encode(self.render(messages, schemas)) for messages in conversations]
+        lengths = [len(ids) for ids in encoded]
         for length in lengths:
             if self.context_length and length + max_new_tokens > self.context_length:
                 raise ContextOverflowError(length, max_new_tokens, self.context_length)
         config = self._generation_config(max_new_tokens, temperature, top_p, 0, repetition_penalty, 0.0, 0.0,
                                          seed, False)
-        inputs = self.tokenizer.encode(prompts, add_special_tokens=False)
+        inputs = prompting.token_inputs(encoded, self.tokenizer.get_pad_token_id())
         started = time.perf_counter()
         with self._lock:
             result = self.pipeline.generate(inputs, config)
@@ -491,8 +504,10 @@ def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int 
          properties: dict[str, Any] | None = None) -> Model:
     """Load a converted model folder on `device` ("CPU", "GPU", "GPU.1", "NPU", "AUTO").
 
-    `draft` (a smaller converted GLM-4 sharing the tokenizer, e.g. glm-edge-1.5b) enables speculative
-    decoding; `prompt_lookup` drafts from n-grams of the prompt (good for summaries and code edits).
+    `draft` (a smaller converted model with the same tokenizer, e.g. GLM-4-9B-0414 for GLM-4-32B-0414;
+    glm-edge's 59264-token vocabulary is not GLM-4's 151552) enables speculative decoding; a draft
+    with another tokenizer raises ModelFormatError naming both vocabulary sizes. `prompt_lookup`
+    drafts from n-grams of the prompt (good for summaries and code edits).
     """
     import openvino_genai
 
@@ -509,6 +524,7 @@ def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int 
         draft_folder = Path(draft).expanduser()
         if not (draft_folder / "openvino_model.xml").is_file():
             raise ModelFormatError(f"--draft {draft_folder} is not a converted model folder")
+        prompting.check_draft_tokenizer(plan.folder, draft_folder)
         target = plan.base_device if plan.base_device != "AUTO" else "CPU"
         props["draft_model"] = openvino_genai.draft_model(str(draft_folder), target)
     if prompt_lookup:

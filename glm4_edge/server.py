@@ -620,12 +620,13 @@ def open_chat(model: Model, request: ChatRequest, cancel: threading.Event) -> It
     """Validate and tokenize now (errors surface before any response); generation starts on iteration."""
     sampling = request.sampling
     if request.forced_tool is not None:
-        prompt = model.render(request.messages, request.tools)
-        # Replace the reply opener (which may open <think>) by a tool-call turn already naming the function.
-        prompt = prompt[: len(prompt) - len(model.generation_prefix)] + glm_format.ROLE_TAGS["assistant"]
         name = request.forced_tool["name"]
+        # Replace the reply opener (which may open <think>) by a tool-call turn already naming the function;
+        # the name is the client's text, so it stays text.
+        prompt = model.render(request.messages, request.tools).replace_reply_opener(
+            model.generation_prefix, (glm_format.ROLE_TAGS["assistant"], False), (name, True), ("\n", False))
         schema = json.dumps(request.forced_tool.get("parameters") or {"type": "object"})
-        raw = stream_prompt(model, f"{prompt}{name}\n", sampling, cancel, parse=False, json_schema=schema)
+        raw = stream_prompt(model, prompt, sampling, cancel, parse=False, json_schema=schema)
         return _forced_tool_stream(raw, name)
     if request.json_schema is not None:
         prompt = model.render(request.messages, request.tools)

@@ -144,7 +144,8 @@ def test_tool_call_round_trip(tools):
     assert chat.messages[-1]["tool_calls"][0]["function"]["name"] == "get_weather"
     chat.add_tool_result({"temperature": 25})
     prompt = tools.render(chat.messages, [WEATHER])
-    assert prompt.endswith('<|assistant|>get_weather\n{"city": "Beijing"}<|observation|>\n{"temperature": 25}'
+    # GLM-4-0414's template writes a space after the name of an earlier call.
+    assert prompt.endswith('<|assistant|>get_weather \n{"city": "Beijing"}<|observation|>\n{"temperature": 25}'
                            "<|assistant|>")
     list(chat.send(None))
     assert chat.messages[-1]["role"] == "assistant"
