@@ -29,8 +29,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--scale-estimation", action="store_true", help="scale estimation (data-aware)")
     parser.add_argument("--dataset", help="calibration data: 'builtin' (default), a .txt or a .jsonl file")
     parser.add_argument("--backup-precision", choices=("int8_asym", "int8_sym", "none"))
-    parser.add_argument("--context", type=int, help="context length; beyond 32K writes YaRN rope scaling")
-    parser.add_argument("--adapter", type=Path, help="PEFT LoRA adapter folder to merge before export")
+    parser.add_argument("--context", type=int,
+                        help="context length in tokens; beyond the checkpoint's own RoPE window (a glm4 model's "
+                        "config) writes YaRN rope scaling")
+    parser.add_argument("--adapter", type=Path,
+                        help="PEFT LoRA adapter folder, merged before export as PEFT's merge_and_unload does")
     parser.add_argument("--revision", help="hub revision (branch, tag or commit)")
     parser.add_argument("--npu-max-prompt-len", type=int, default=1024, help="NPU static prompt length")
     parser.add_argument("--npu-min-response-len", type=int, default=256, help="NPU static response length")
