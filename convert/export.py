@@ -27,7 +27,8 @@ from glm4_edge.errors import BadParameterError, Glm4EdgeError, ModelFormatError
 from glm4_edge.glm_format import DEFAULT_GENERATION_PREFIX, STOP_TOKENS, THINK_OPEN
 from glm4_edge.manifest import MANIFEST_NAME, Compression, Manifest
 
-from . import calibration, families, presets
+from . import calibration, families, lora, presets
+from .staging import check_output, publish, staging_folder
 
 DEFAULT_MODELS_DIR = Path("models")
 # RAM: the checkpoint and the IR are memory-mapped, so they only need page cache, which the kernel
@@ -79,6 +80,7 @@ class ConvertResult:
     seconds: float
     peak_rss_bytes: int
     stages: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what was adapted on the way (e.g. the group size)
 
 
 def convert(options: ConvertOptions, progress: Progress | None = None) -> ConvertResult:
@@ -92,28 +94,31 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> Conver
         options.device, options.weight_format, group_size=options.group_size, ratio=options.ratio, sym=options.sym,
         all_layers=options.all_layers, awq=options.awq, scale_estimation=options.scale_estimation,
         dataset=options.dataset, backup_precision=options.backup_precision, num_parameters=parameters)
+    settings, notes, adjust_groups = presets.adapt_group_size(
+        settings, options.device, reduction_channels(source.config, source.family))
     if options.context is not None and not 512 <= options.context <= MAX_CONTEXT:
         raise BadParameterError(f"--context {options.context} must be between 512 and {MAX_CONTEXT} tokens",
                                 "context")
     if settings.dataset and settings.dataset != "builtin":
         calibration.load_texts(settings.dataset)  # refuse a bad file before hours of export
-    lora = families.load_lora(options.adapter) if options.adapter else None
+    adapter = lora.load(options.adapter) if options.adapter else None
     output = Path(options.output) if options.output else default_output(source_folder, options)
     check_output(output, options.force)
     source_bytes = families.checkpoint_bytes(source_folder)
     if options.check_resources:
         need_disk, need_ram = resource_needs(source, source_bytes, settings.weight_format,
-                                             staged_copy=source.family == "chatglm" or lora is not None)
+                                             staged_copy=source.family == "chatglm" or adapter is not None)
         check_resources(source_bytes, output.parent, need_disk, need_ram)
+    families.check_shards(source_folder)
 
     with staging_folder(output) as temp:
         staged = temp / "_source"
         staged.mkdir()
         timer = time.perf_counter()
         progress(f"preparing the {source.family} checkpoint")
-        export_folder, config = prepare_source(source, staged, lora, options)
-        if lora is not None:
-            families.check_lora_used(lora, options.adapter)
+        export_folder, config = prepare_source(source, staged, adapter, options)
+        if adapter is not None:
+            adapter.check_used()
         stages["prepare"] = time.perf_counter() - timer
 
         timer = time.perf_counter()
@@ -124,7 +129,7 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> Conver
         timer = time.perf_counter()
         if settings.weight_format != "fp16":
             progress(f"compressing weights: {presets.describe(settings)}")
-            compress_ir(temp, export_folder, settings)
+            compress_ir(temp, export_folder, settings, adjust_groups=adjust_groups)
         stages["compress"] = time.perf_counter() - timer
 
         progress("checking tokenizer and detokenizer")
@@ -150,8 +155,8 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> Conver
                 backup_precision=None if settings.weight_format == "fp16" else settings.backup_precision,
                 bits_table=bits_table(temp / "openvino_model.xml"),
             ),
-            context_length=int(config.get("max_position_embeddings") or source.context_length),
-            rope_scaling=config.get("rope_scaling"),
+            context_length=families.context_window(config),
+            rope_scaling=rope if families.rope_type(rope := families.rope_entry(config)) != "default" else None,
             reasoning=source.reasoning or THINK_OPEN in prefix,
             generation_prefix=prefix,
             stop_token_ids=stop_ids,
@@ -164,7 +169,7 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> Conver
         manifest.write(temp)
         progress("finishing")
         publish(temp, output)
-    return ConvertResult(output, manifest, time.perf_counter() - start, peak_rss_bytes(), stages)
+    return ConvertResult(output, manifest, time.perf_counter() - start, peak_rss_bytes(), stages, notes)
 
 
 # --- source ---------------------------------------------------------------------------------------
@@ -225,22 +230,6 @@ def default_output(folder: Path, options: ConvertOptions) -> Path:
     return Path(options.models_dir) / f"{name}-{options.weight_format}{device}-ov"
 
 
-def check_output(output: Path, force: bool) -> None:
-    if output.exists() and not force:
-        raise Glm4EdgeError(f"{output} already exists; pass --force to replace it (it is replaced only after "
-                            "the new conversion succeeds) or choose another -o")
-    if output.exists() and not output.is_dir():
-        raise Glm4EdgeError(f"{output} is a file; choose a folder for -o")
-    parent = output.parent if output.parent != Path("") else Path(".")
-    existing = parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise Glm4EdgeError(f"{existing} is a file; choose another -o")
-    if not os.access(existing, os.W_OK):
-        raise Glm4EdgeError(f"cannot write to {existing}; choose a writable -o")
-
-
 def resource_needs(source: families.SourceInfo, source_bytes: int, weight_format: str,
                    staged_copy: bool) -> tuple[int, int]:
     """(disk, RAM) bytes a conversion needs free, from the constants above."""
@@ -282,6 +271,16 @@ def _largest_matrix_bytes(config: dict[str, Any], family: str) -> int:
     return 2 * int(config.get("vocab_size", 0)) * int(config.get("hidden_size", 0))
 
 
+def reduction_channels(config: dict[str, Any], family: str) -> dict[str, int]:
+    """Input channels of each kind of compressed matrix (what a group size must divide), by name."""
+    if family == "chatglm":
+        config = families.legacy_glm_config(config)
+    hidden, heads = int(config.get("hidden_size", 0)), int(config.get("num_attention_heads", 1))
+    head_dim = int(config.get("head_dim") or hidden // max(heads, 1))
+    return {"hidden size": hidden, "attention output (heads x head_dim)": heads * head_dim,
+            "MLP intermediate size": int(config.get("intermediate_size", 0))}
+
+
 def _count_parameters(config: dict[str, Any], family: str) -> int:
     if family == "chatglm":
         config = families.legacy_glm_config(config)
@@ -293,57 +292,21 @@ def _count_parameters(config: dict[str, Any], family: str) -> int:
     return int(layers * (attention + 3 * hidden * ffn) + 2 * vocab * hidden)
 
 
-# --- staging and publishing -----------------------------------------------------------------------
-
-@contextmanager
-def staging_folder(output: Path):
-    """A hidden sibling of `output`, removed on any failure or interrupt."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temp = output.parent / f".{output.name}.tmp-{os.getpid()}"
-    if temp.exists():
-        shutil.rmtree(temp)
-    temp.mkdir()
-    try:
-        yield temp
-    except OSError as error:
-        if error.errno == 28:  # ENOSPC
-            raise Glm4EdgeError(f"the disk filled up while writing {output}; nothing was kept. Free space "
-                                "and convert again") from None
-        raise
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-def publish(temp: Path, output: Path) -> None:
-    """Move the finished model into place; an old output (with --force) goes only after that."""
-    old = None
-    if output.exists():
-        old = output.parent / f".{output.name}.old-{os.getpid()}"
-        os.replace(output, old)
-    try:
-        os.replace(temp, output)
-    except BaseException:
-        if old is not None:
-            os.replace(old, output)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def prepare_source(source: families.SourceInfo, staged: Path, lora, options: ConvertOptions):
+def prepare_source(source: families.SourceInfo, staged: Path, adapter: lora.LoraAdapter | None,
+                   options: ConvertOptions):
     """The folder optimum exports from, and its (possibly rewritten) config."""
     if source.family == "chatglm":
-        families.remap_legacy(source, staged, lora)
+        families.remap_legacy(source, staged, adapter)
         folder = staged
-    elif lora is not None:
-        families.merge_lora_into(source, staged, lora)
+    elif adapter is not None:
+        families.merge_lora_into(source, staged, adapter)
         folder = staged
     else:
         folder = source.folder
     config = families.read_config(folder)
     family = "glm" if source.family == "chatglm" else source.family
-    if options.context:
-        config = families.apply_context(config, family, options.context)
+    if options.context and (scaled := families.apply_context(config, family, options.context)) != config:
+        config = scaled
         if folder is source.folder:
             families.link_side_files(source.folder, staged, skip_weights=False)
             (staged / "config.json").unlink()
@@ -382,7 +345,10 @@ def _quiet_transformers():
         hf_logging.enable_progress_bar()
 
 
-def compress_ir(out: Path, source_folder: Path, settings: presets.CompressionSettings) -> None:
+def compress_ir(out: Path, source_folder: Path, settings: presets.CompressionSettings,
+                adjust_groups: bool = False) -> None:
+    """Compress the IR's weights in place with NNCF; `adjust_groups` lets NNCF shrink the group size of
+    layers it does not divide (`presets.adapt_group_size` says which)."""
     import nncf
     import openvino as ov
 
@@ -405,6 +371,12 @@ def compress_ir(out: Path, source_folder: Path, settings: presets.CompressionSet
                           awq=settings.awq, scale_estimation=settings.scale_estimation,
                           sensitivity_metric=nncf.SensitivityMetric.WEIGHT_QUANTIZATION_ERROR
                           if settings.ratio >= 1.0 else None)
+    if adjust_groups:
+        from nncf.quantization.advanced_parameters import GroupSizeFallbackMode
+
+        kwargs["advanced_parameters"] = nncf.AdvancedCompressionParameters(
+            group_size_fallback_mode=GroupSizeFallbackMode.ADJUST,
+            min_adjusted_group_size=presets.MIN_ADJUSTED_GROUP_SIZE)
     compressed = nncf.compress_weights(model, mode=mode, **kwargs)
     temp_xml = out / "openvino_model.compressed.xml"
     ov.save_model(compressed, temp_xml, compress_to_fp16=False)

@@ -16,10 +16,10 @@ from typing import Any
 from glm4_edge.errors import Glm4EdgeError, ModelFormatError
 from glm4_edge.glm_format import SPECIAL_TOKENS
 
+from .lora import LoraAdapter
 from .synthetic import GLM4_SPLIT_PATTERN, LEGACY_EXTRA_SPECIALS
 
 FAMILIES = {"glm4": "GLM-4-0414 / Z1", "glm": "GLM-4-9B -hf / glm-edge", "chatglm": "legacy glm-4-9b-chat"}
-GLM4_NATIVE_CONTEXT = 32768
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 
 
@@ -32,8 +32,8 @@ class SourceInfo:
 
     @property
     def context_length(self) -> int:
-        config = self.config
-        return int(config.get("max_position_embeddings") or config.get("seq_length") or 0)
+        """Tokens the checkpoint's RoPE supports as shipped (see `context_window`)."""
+        return context_window(self.config)
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -117,6 +117,22 @@ def iter_tensors(folder: Path):
             del state
 
 
+def check_shards(folder: Path) -> None:
+    """Refuse a truncated or corrupted safetensors shard (its header and sizes) before hours of export."""
+    from safetensors import safe_open
+
+    for file in weight_files(folder):
+        if file.suffix != ".safetensors":
+            continue
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except Exception as error:  # safetensors raises its own error types for each way a file is broken
+            detail = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+            raise ModelFormatError(f"{file} is not a readable safetensors file ({detail}); the download is "
+                                   "incomplete or corrupted: download it again") from None
+
+
 def checkpoint_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in weight_files(folder))
 
@@ -163,7 +179,7 @@ def legacy_glm_config(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def remap_legacy(source: SourceInfo, staged: Path, lora: dict[str, Any] | None = None) -> None:
+def remap_legacy(source: SourceInfo, staged: Path, lora: LoraAdapter | None = None) -> None:
     """Write the legacy checkpoint as a `glm` checkpoint: split fused QKV, rename tensors."""
     from safetensors.torch import save_file
 
@@ -185,8 +201,8 @@ def remap_legacy(source: SourceInfo, staged: Path, lora: dict[str, Any] | None =
     for name, tensor in iter_tensors(source.folder):
         if "rotary_pos_emb" in name:
             continue
-        if lora:
-            tensor = apply_lora(name, tensor, lora)
+        if lora is not None:
+            tensor = lora.apply(name, tensor)
         new = name
         for old, replacement in LEGACY_RENAMES:
             new = new.replace(old, replacement)
@@ -246,58 +262,7 @@ def _default_template() -> str:
 
 # --- LoRA adapters -------------------------------------------------------------------------------
 
-def load_lora(adapter: Path) -> dict[str, Any]:
-    """A PEFT LoRA adapter as {base weight name: (A, B, scale)}; merged by hand at the tensor level so
-    it also applies to the legacy layout, which has no transformers class without remote code."""
-    import torch
-
-    config_path = adapter / "adapter_config.json"
-    if not config_path.is_file():
-        raise Glm4EdgeError(f"{adapter} has no adapter_config.json; --adapter takes a PEFT LoRA adapter folder")
-    config = json.loads(config_path.read_text())
-    if config.get("peft_type", "LORA") != "LORA":
-        raise Glm4EdgeError(f"{adapter} is a {config.get('peft_type')} adapter; only LoRA adapters can be merged")
-    if config.get("use_dora"):
-        raise Glm4EdgeError(f"{adapter} uses DoRA, which glm4-edge cannot merge; merge it with PEFT first")
-    files = sorted(adapter.glob("adapter_model.safetensors")) or sorted(adapter.glob("adapter_model.bin"))
-    if not files:
-        raise Glm4EdgeError(f"{adapter} has no adapter_model.safetensors")
-    if files[0].suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(files[0])
-    else:
-        state = torch.load(files[0], map_location="cpu", weights_only=True)
-    rank = int(config.get("r", 8))
-    alpha = float(config.get("lora_alpha", rank))
-    scale = alpha / (rank ** 0.5 if config.get("use_rslora") else rank)
-    pairs: dict[str, Any] = {}
-    for name, tensor in state.items():
-        if ".lora_A." not in name:
-            continue
-        base = name.split(".lora_A.")[0]
-        b = state.get(name.replace(".lora_A.", ".lora_B."))
-        if b is None:
-            raise Glm4EdgeError(f"{adapter}: {name} has no matching lora_B")
-        for prefix in ("base_model.model.",):
-            base = base.removeprefix(prefix)
-        pairs[base + ".weight"] = (tensor, b, scale)
-    if not pairs:
-        raise Glm4EdgeError(f"{adapter} holds no LoRA weights")
-    return pairs
-
-
-def apply_lora(name: str, tensor, lora: dict[str, Any]):
-    entry = lora.get(name)
-    if entry is None:
-        return tensor
-    a, b, scale = entry
-    merged = tensor.float() + scale * (b.float() @ a.float())
-    lora.setdefault("_merged", set()).add(name)
-    return merged.to(tensor.dtype)
-
-
-def merge_lora_into(source: SourceInfo, staged: Path, lora: dict[str, Any]) -> None:
+def merge_lora_into(source: SourceInfo, staged: Path, lora: LoraAdapter) -> None:
     """Copy a glm/glm4 checkpoint into `staged` with the adapter merged, shard by shard."""
     from safetensors.torch import save_file
 
@@ -305,21 +270,13 @@ def merge_lora_into(source: SourceInfo, staged: Path, lora: dict[str, Any]) -> N
     for number, file in enumerate(weight_files(source.folder)):
         shard = {}
         for name, tensor in _tensors_of(file):
-            shard[name] = apply_lora(name, tensor, lora).contiguous()
+            shard[name] = lora.apply(name, tensor).contiguous()
         out = f"model-{number:05d}.safetensors"
         save_file(shard, staged / out, metadata={"format": "pt"})
         index.update(dict.fromkeys(shard, out))
         del shard
     (staged / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}))
     link_side_files(source.folder, staged, skip_weights=True)
-
-
-def check_lora_used(lora: dict[str, Any], adapter: Path) -> None:
-    wanted = {k for k in lora if not k.startswith("_")}
-    merged = lora.get("_merged", set())
-    if not merged:
-        raise Glm4EdgeError(f"{adapter} targets none of this checkpoint's weights (e.g. {next(iter(wanted))}); "
-                            "was it trained on another model?")
 
 
 def _tensors_of(file: Path):
@@ -358,28 +315,65 @@ def link_side_files(source: Path, staged: Path, skip_weights: bool) -> None:
 
 # --- long context ---------------------------------------------------------------------------------
 
-def yarn_rope_scaling(context: int, native: int = GLM4_NATIVE_CONTEXT) -> dict[str, Any]:
-    return {"type": "yarn", "rope_type": "yarn", "factor": context / native,
-            "original_max_position_embeddings": native}
+# RoPE types whose `factor` stretches the pretrained window (transformers' ROPE_INIT_FUNCTIONS).
+SCALED_ROPE_TYPES = ("yarn", "linear", "dynamic", "longrope", "llama3")
+
+
+def rope_entry(config: dict[str, Any]) -> dict[str, Any]:
+    """The RoPE settings transformers 5 uses: `rope_scaling` when set, else `rope_parameters`
+    (`RotaryEmbeddingConfigMixin.convert_rope_params_to_dict`)."""
+    for key in ("rope_scaling", "rope_parameters"):
+        entry = config.get(key)
+        if isinstance(entry, dict) and entry:
+            return entry
+    return {}
+
+
+def rope_type(entry: dict[str, Any]) -> str:
+    """`rope_type`, or the older `type` key; "default" when unscaled."""
+    return str(entry.get("rope_type") or entry.get("type") or "default")
+
+
+def context_window(config: dict[str, Any]) -> int:
+    """Tokens the config's RoPE supports: factor x original window for scaled RoPE (as transformers reads
+    it: `original_max_position_embeddings` defaults to `max_position_embeddings`, a missing factor is their
+    ratio), else `max_position_embeddings` (`seq_length` in a legacy chatglm config)."""
+    native = int(config.get("max_position_embeddings") or config.get("seq_length") or 0)
+    entry = rope_entry(config)
+    if rope_type(entry) not in SCALED_ROPE_TYPES:
+        return native
+    original = int(entry.get("original_max_position_embeddings") or config.get("original_max_position_embeddings")
+                   or native)
+    factor = float(entry.get("factor") or (native / original if original else 1.0))
+    return int(round(factor * original))
 
 
 def apply_context(config: dict[str, Any], family: str, context: int) -> dict[str, Any]:
-    """Config with YaRN for `context` tokens (0414 models are trained at 32K)."""
-    native = GLM4_NATIVE_CONTEXT if family == "glm4" else int(config.get("max_position_embeddings", 0))
-    if context <= native:
-        config = dict(config)
-        config["max_position_embeddings"] = max(int(config.get("max_position_embeddings", 0)), context)
+    """The config whose RoPE supports `context` tokens.
+
+    Within the checkpoint's own window (`context_window`) the config is returned unchanged, so the
+    model computes exactly what it did. Beyond it, a GLM-4-0414 config gets YaRN over its pretrained
+    window (factor = context / original, as THUDM's model cards describe); other families and other
+    scaling types are refused (Glm4EdgeError)."""
+    window = context_window(config)
+    if context <= window:
         return config
+    entry = rope_entry(config)
+    kind = rope_type(entry)
     if family != "glm4":
-        raise Glm4EdgeError(f"--context {context} is beyond this {family} model's trained {native} tokens and "
-                            f"YaRN is defined for GLM-4-0414 models only; use --context <= {native}")
-    scaling = yarn_rope_scaling(context, native)
-    config = dict(config)
-    rope = dict(config.get("rope_parameters") or {})
-    theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
-    config["rope_scaling"] = scaling
-    config["rope_parameters"] = {**rope, "rope_type": "yarn", "rope_theta": theta, "factor": scaling["factor"],
-                                 "original_max_position_embeddings": native,
-                                 "partial_rotary_factor": config.get("partial_rotary_factor", 0.5)}
-    config["max_position_embeddings"] = context
-    return config
+        raise Glm4EdgeError(f"--context {context} is beyond this {family} model's {window} tokens and YaRN is "
+                            f"defined for GLM-4-0414 models only; use --context <= {window}")
+    if kind not in ("default", "yarn"):
+        raise Glm4EdgeError(f"--context {context} is beyond the {window} tokens of this checkpoint's {kind} RoPE "
+                            f"scaling, and glm4-edge extends only unscaled or YaRN RoPE; use --context <= {window}")
+    original = window if kind == "default" else int(
+        entry.get("original_max_position_embeddings") or config.get("original_max_position_embeddings")
+        or config.get("max_position_embeddings") or window)
+    scaling = {key: value for key, value in entry.items() if key != "type"}
+    scaling.update(
+        type="yarn", rope_type="yarn", factor=context / original, original_max_position_embeddings=original,
+        rope_theta=entry.get("rope_theta", config.get("rope_theta", 10000.0)),
+        partial_rotary_factor=entry.get("partial_rotary_factor", config.get("partial_rotary_factor", 0.5)))
+    # Both keys: transformers 5 reads `rope_scaling` first, older readers only know it, newer ones write
+    # `rope_parameters`; they must agree.
+    return {**config, "rope_scaling": scaling, "rope_parameters": dict(scaling), "max_position_embeddings": context}

@@ -11,6 +11,9 @@ DEVICES = ("cpu", "gpu", "npu")
 BACKUP_PRECISIONS = ("int8_asym", "int8_sym", "none")
 NPU_CHANNELWISE_ABOVE_PARAMS = 5_000_000_000
 DEFAULT_GROUP_SIZE = 128
+# NNCF's GroupSizeFallbackMode.ADJUST: a layer the group size does not divide gets the largest power of
+# two dividing its input channels, if at least this (AdvancedCompressionParameters.min_adjusted_group_size).
+MIN_ADJUSTED_GROUP_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,39 @@ def _validate(device: str, settings: CompressionSettings, explicit: dict) -> Non
         if settings.weight_format == "int4" and settings.group_size not in (-1, 128):
             raise BadParameterError(f"the NPU supports INT4 group size 128 or channel-wise (-1), not "
                                     f"{settings.group_size}", "group_size")
+
+
+def adapt_group_size(settings: CompressionSettings, device: str,
+                     channels: dict[str, int]) -> tuple[CompressionSettings, list[str], bool]:
+    """(settings, notes, adjust): what to do when the INT4 group size does not divide some layers' input
+    channels (`channels`: a name for each kind of matrix -> its input channels), where NNCF would stop.
+
+    The NPU runs group 128 or channel-wise only, so it goes channel-wise throughout. Elsewhere `adjust`
+    asks NNCF's GroupSizeFallbackMode.ADJUST for those layers, which uses the largest power of two that
+    divides the channels (>= MIN_ADJUSTED_GROUP_SIZE) or else the backup precision. `notes` say which, in
+    words for the conversion summary."""
+    group = settings.group_size
+    if settings.weight_format != "int4" or group <= 0:
+        return settings, [], False
+    uneven = {name: size for name, size in channels.items() if size and size % group}
+    if not uneven:
+        return settings, [], False
+    what = ", ".join(f"{name} {size}" for name, size in uneven.items())
+    if device == "npu":
+        note = (f"group size {group} does not divide the input channels ({what}) and the NPU runs group size 128 "
+                "or channel-wise only: all layers are channel-wise INT4")
+        return replace(settings, group_size=-1), [note], False
+    notes = []
+    for name, size in uneven.items():
+        adjusted = size & -size  # the largest power of two dividing size, as NNCF computes it
+        if adjusted >= MIN_ADJUSTED_GROUP_SIZE:
+            notes.append(f"group size {group} does not divide the {name} ({size}): those layers use group size "
+                         f"{adjusted}")
+        else:
+            backup = "their original precision" if settings.backup_precision == "none" else settings.backup_precision
+            notes.append(f"group size {group} does not divide the {name} ({size}) and no group size of at least "
+                         f"{MIN_ADJUSTED_GROUP_SIZE} does: those layers use {backup}")
+    return settings, notes, True
 
 
 def describe(settings: CompressionSettings) -> str:

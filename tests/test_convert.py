@@ -208,10 +208,10 @@ def test_user_calibration_file(workdir, tiny_glm4):
 def test_context_writes_yarn(workdir, tiny_glm4, converted):
     folder = _convert(tiny_glm4, workdir / "yarn-fp16", weight_format="fp16", context=65536)
     rope = json.loads((folder / "config.json").read_text())["rope_parameters"]
-    assert rope["rope_type"] == "yarn" and rope["factor"] == 2.0
-    assert rope["original_max_position_embeddings"] == 32768
+    assert rope["rope_type"] == "yarn" and rope["factor"] == 16.0  # over the checkpoint's own 4096
+    assert rope["original_max_position_embeddings"] == 4096
     manifest = read_manifest(folder)
-    assert manifest.context_length == 65536 and manifest.rope_scaling["factor"] == 2.0
+    assert manifest.context_length == 65536 and manifest.rope_scaling["factor"] == 16.0
     ids = hf_ids(tiny_glm4, TEXTS[0])
     plain = ov_logits(converted("glm4", "fp16"), ids)
     assert np.abs(ov_logits(folder, ids) - plain).max() > 1e-3  # the scaling is baked into the IR

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from ..errors import Glm4EdgeError
 
+MAX_ERROR_CHARS = 300
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -27,8 +29,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--scale-estimation", action="store_true", help="scale estimation (data-aware)")
     parser.add_argument("--dataset", help="calibration data: 'builtin' (default), a .txt or a .jsonl file")
     parser.add_argument("--backup-precision", choices=("int8_asym", "int8_sym", "none"))
-    parser.add_argument("--context", type=int, help="context length; beyond 32K writes YaRN rope scaling")
-    parser.add_argument("--adapter", type=Path, help="PEFT LoRA adapter folder to merge before export")
+    parser.add_argument("--context", type=int,
+                        help="context length in tokens; beyond the checkpoint's own RoPE window (a glm4 model's "
+                        "config) writes YaRN rope scaling")
+    parser.add_argument("--adapter", type=Path,
+                        help="PEFT LoRA adapter folder, merged before export as PEFT's merge_and_unload does")
     parser.add_argument("--revision", help="hub revision (branch, tag or commit)")
     parser.add_argument("--npu-max-prompt-len", type=int, default=1024, help="NPU static prompt length")
     parser.add_argument("--npu-min-response-len", type=int, default=256, help="NPU static response length")
@@ -56,8 +61,33 @@ def run(args: argparse.Namespace) -> int:
         context=args.context, adapter=args.adapter, revision=args.revision, force=args.force,
         npu_max_prompt_len=args.npu_max_prompt_len, npu_min_response_len=args.npu_min_response_len,
         check_resources=not args.no_resource_check)
-    with convert_report.progress(quiet=args.quiet) as step:
-        result = export.convert(options, step)
+    stage = ["starting"]
+
+    def step(message: str) -> None:
+        stage[0] = message
+        show(message)
+
+    try:
+        with convert_report.progress(quiet=args.quiet) as show:
+            result = export.convert(options, step)
+    except Glm4EdgeError:
+        raise
+    except Exception as error:
+        from .main import _interrupted
+
+        if _interrupted(error):
+            raise
+        # Anything else from torch, optimum, NNCF or OpenVINO: the temporary folder is gone already
+        # (convert.staging), so say where it failed in one line.
+        raise Glm4EdgeError(f"conversion failed while {stage[0]} ({one_line(error)}); nothing was written. "
+                            "Check the checkpoint, or report this with the message") from None
     if not args.quiet:
         convert_report.summary(result)
     return 0
+
+
+def one_line(error: BaseException, limit: int = MAX_ERROR_CHARS) -> str:
+    """`Type: message` on one line, shortened to `limit` characters."""
+    text = " ".join(str(error).split())
+    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except Glm4EdgeError as error:
+        if _signalled:  # a library turned the interrupt into an error, which was then reported as one
+            print(f"glm4-edge {args.verb}: interrupted", file=sys.stderr)
+            return 130
         print(f"glm4-edge {args.verb}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
