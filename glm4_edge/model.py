@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import devices, glm_format
+from . import device_bench, devices, glm_format
 from . import fallback as npu_fallback
 from .errors import BadParameterError, ContextOverflowError, Glm4EdgeError, ModelFormatError
 from .manifest import Manifest, read_manifest
@@ -456,7 +456,7 @@ def plan_load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len:
               properties: dict[str, Any] | None = None) -> LoadPlan:
     folder = check_model_folder(path)
     manifest = read_manifest(folder)
-    device = devices.check_device(device)
+    device = devices.check_device(device_bench.resolve_auto(folder, device))  # AUTO: the measured winner
     props = devices.pipeline_properties(device, manifest, folder, max_prompt_len, min_response_len, cache)
     props.update(properties or {})
     return LoadPlan(folder, device, manifest, props)
