@@ -104,11 +104,6 @@ def pipeline_properties(device: str, manifest: Manifest | None, model_dir: Path,
     """Properties for `LLMPipeline(model_dir, device, **props)`."""
     base = base_device(device)
     properties: dict[str, Any] = {}
-    from .compile_cache import cache_dir_for
-
-    cache_folder = cache_dir_for(model_dir, device, cache=cache)
-    if cache_folder is not None:
-        properties["CACHE_DIR"] = str(cache_folder)
     if base == "CPU":
         properties["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = CPU_DYNAMIC_QUANTIZATION_GROUP
     if base == "NPU":
@@ -121,4 +116,9 @@ def pipeline_properties(device: str, manifest: Manifest | None, model_dir: Path,
                                            or DEFAULT_NPU_MAX_PROMPT_LEN)
         properties["MIN_RESPONSE_LEN"] = int(min_response_len or npu.get("min_response_len")
                                              or DEFAULT_NPU_MIN_RESPONSE_LEN)
+    from .compile_cache import cache_dir_for  # after the checks: a refused load leaves no cache folder
+
+    cache_folder = cache_dir_for(model_dir, device, cache=cache)
+    if cache_folder is not None:
+        properties["CACHE_DIR"] = str(cache_folder)
     return properties

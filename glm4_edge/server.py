@@ -29,6 +29,7 @@ from typing import Any
 from . import glm_format
 from .batching import BatchedModel
 from .errors import BadParameterError, ContextOverflowError, Glm4EdgeError
+from .fallback import StaticShapeError
 from .model import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_TEMPERATURE,
@@ -83,6 +84,8 @@ _OPENAI_PARAM = {"max_new_tokens": "max_tokens"}
 
 
 def _from_glm4_edge_error(error: Glm4EdgeError) -> ApiError:
+    if isinstance(error, StaticShapeError):  # the NPU's limit, not the model's context: say which
+        return ApiError(400, str(error), param="messages", code="context_length_exceeded")
     if isinstance(error, ContextOverflowError):
         return ApiError(400, f"This model's maximum context length is {error.context} tokens; the prompt has "
                              f"{error.prompt_tokens} tokens and max_tokens is {error.max_new_tokens} "

@@ -133,6 +133,16 @@ def test_server_reports_the_fallback_in_the_response_and_metrics(scripted_model)
         fallback._shared.clear()
 
 
+def test_server_error_names_the_npu_limit():
+    from glm4_edge.fallback import StaticShape, StaticShapeError
+    from glm4_edge.server import _from_glm4_edge_error
+
+    error = _from_glm4_edge_error(StaticShapeError("prompt of 1100 tokens is over MAX_PROMPT_LEN 1024", 1100, 100,
+                                                   StaticShape(1024, 256)))
+    assert error.status == 400 and error.body()["error"]["code"] == "context_length_exceeded"
+    assert "MAX_PROMPT_LEN 1024" in error.body()["error"]["message"]
+
+
 def test_cli_flags(scripted_model):
     npu = subprocess.run([*CLI, "generate", str(scripted_model), "-p", "hi", "--device", "NPU"], cwd=REPO,
                          capture_output=True, text=True)
