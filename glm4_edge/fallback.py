@@ -158,10 +158,12 @@ def routes_static_shape(method: Callable[..., Iterator[Chunk]]) -> Callable[...,
             return method(self, *args, **kwargs)
         bound = signature.bind(self, *args, **kwargs)
         bound.apply_defaults()
-        prompt, max_new_tokens = bound.arguments["prompt"], int(bound.arguments["max_new_tokens"])
+        prompt, max_new_tokens = bound.arguments["prompt"], bound.arguments["max_new_tokens"]
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:  # a bad value the method itself refuses
+            return method(self, *args, **kwargs)
         prompt_tokens = self.count_tokens(prompt)
         reason = shape.misfit(prompt_tokens, max_new_tokens)
-        if reason is None or max_new_tokens < 1:  # fits, or a bad value the method itself refuses
+        if reason is None:
             return method(self, *args, **kwargs)
         if self.fallback is None:
             raise StaticShapeError(reason, prompt_tokens, max_new_tokens, shape)
