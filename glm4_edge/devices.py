@@ -84,10 +84,16 @@ def _present(device: str, available: list[str]) -> bool:
     return device in available or any(a.split(".")[0] == device for a in available)
 
 
-def cache_dir() -> Path:
+def cache_root() -> Path:
+    """The compile cache's root (not created); compile_cache.py keeps one folder per model, device and versions."""
     root = os.environ.get(CACHE_ENV) or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "glm4-edge")
-    path = Path(root) / "ov-cache"
+    return Path(root) / "ov-cache"
+
+
+def cache_dir() -> Path:
+    """`cache_root()`, created."""
+    path = cache_root()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -98,8 +104,6 @@ def pipeline_properties(device: str, manifest: Manifest | None, model_dir: Path,
     """Properties for `LLMPipeline(model_dir, device, **props)`."""
     base = base_device(device)
     properties: dict[str, Any] = {}
-    if cache and base in ("GPU", "NPU", "AUTO"):
-        properties["CACHE_DIR"] = str(cache_dir())
     if base == "CPU":
         properties["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = CPU_DYNAMIC_QUANTIZATION_GROUP
     if base == "NPU":
@@ -112,4 +116,9 @@ def pipeline_properties(device: str, manifest: Manifest | None, model_dir: Path,
                                            or DEFAULT_NPU_MAX_PROMPT_LEN)
         properties["MIN_RESPONSE_LEN"] = int(min_response_len or npu.get("min_response_len")
                                              or DEFAULT_NPU_MIN_RESPONSE_LEN)
+    from .compile_cache import cache_dir_for  # after the checks: a refused load leaves no cache folder
+
+    cache_folder = cache_dir_for(model_dir, device, cache=cache)
+    if cache_folder is not None:
+        properties["CACHE_DIR"] = str(cache_folder)
     return properties

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import devices, glm_format, prompting
+from . import device_bench, devices, glm_format, prompting
+from . import fallback as npu_fallback
 from .errors import BadParameterError, ContextOverflowError, Glm4EdgeError, ModelFormatError
 from .manifest import Manifest, read_manifest
 from .streaming import CallbackStream
@@ -59,6 +60,7 @@ class GenerationStats:
     load_s: float | None = None
     compile_s: float | None = None
     device: str = ""
+    fallback: str | None = None  # why the request left the NPU for the fallback device (`device`)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,7 +75,7 @@ class GenerationStats:
             parts.append(f"{self.tokens_per_s:.1f} tok/s")
         parts.append(f"mem {self.peak_memory_bytes / 2**30:.2f} GiB")
         if self.device:
-            parts.append(self.device)
+            parts.append(self.device + (f" (fallback: {self.fallback})" if self.fallback else ""))
         return " · ".join(parts)
 
 
@@ -103,6 +105,10 @@ class Reply:
 
 class Model:
     """A converted GLM-4 model on one OpenVINO device. Create it with `glm4_edge.load`."""
+
+    # NPU: the compiled prompt/answer lengths, and where requests over them go (see fallback.py).
+    static_shape: npu_fallback.StaticShape | None = None
+    fallback: npu_fallback.Fallback | None = None
 
     def __init__(self, path: Path, device: str, pipeline, manifest: Manifest | None, load_s: float,
                  context_length: int, generation_prefix: str, stop_token_ids: list[int]):
@@ -189,6 +195,7 @@ class Model:
             presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, seed=seed, stop=stop,
             ignore_eos=ignore_eos, cancel=cancel)
 
+    @npu_fallback.routes_static_shape
     def stream_prompt(self, prompt: str, *, parse: bool = True, tool_names: Sequence[str] = (),
                       json_schema: str | None = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                       temperature: float = DEFAULT_TEMPERATURE, top_p: float = DEFAULT_TOP_P, top_k: int = 0,
@@ -462,7 +469,7 @@ def plan_load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len:
               properties: dict[str, Any] | None = None) -> LoadPlan:
     folder = check_model_folder(path)
     manifest = read_manifest(folder)
-    device = devices.check_device(device)
+    device = devices.check_device(device_bench.resolve_auto(folder, device))  # AUTO: the measured winner
     props = devices.pipeline_properties(device, manifest, folder, max_prompt_len, min_response_len, cache)
     props.update(properties or {})
     return LoadPlan(folder, device, manifest, props)
@@ -501,13 +508,16 @@ def model_facts(plan: LoadPlan, pipeline) -> tuple[int, str, list[int]]:
 def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int | None = None,
          min_response_len: int | None = None, cache: bool = True, warm_up: bool = False,
          draft: str | Path | None = None, prompt_lookup: bool = False,
-         properties: dict[str, Any] | None = None) -> Model:
+         properties: dict[str, Any] | None = None,
+         fallback_device: str | None = npu_fallback.DEFAULT_FALLBACK_DEVICE) -> Model:
     """Load a converted model folder on `device` ("CPU", "GPU", "GPU.1", "NPU", "AUTO").
 
     `draft` (a smaller converted model with the same tokenizer, e.g. GLM-4-9B-0414 for GLM-4-32B-0414;
     glm-edge's 59264-token vocabulary is not GLM-4's 151552) enables speculative decoding; a draft
     with another tokenizer raises ModelFormatError naming both vocabulary sizes. `prompt_lookup`
     drafts from n-grams of the prompt (good for summaries and code edits).
+    On the NPU, a request over its static shape runs on `fallback_device` ("CPU", "GPU"; None or
+    "none": a StaticShapeError instead).
     """
     import openvino_genai
 
@@ -515,6 +525,8 @@ def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int 
         raise BadParameterError("choose --draft or --prompt-lookup, not both", "prompt_lookup")
     plan = plan_load(path, device, max_prompt_len=max_prompt_len, min_response_len=min_response_len, cache=cache,
                      properties=properties)
+    if plan.base_device == "NPU":
+        npu_fallback.check_fallback_device(fallback_device)  # before minutes of NPU compilation
     props = plan.properties
     if plan.base_device in ("CPU", "GPU"):
         scheduler = openvino_genai.SchedulerConfig()
@@ -533,6 +545,11 @@ def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int 
                                                                                **props))
     model = Model(plan.folder, plan.device, pipeline, plan.manifest, load_s, *model_facts(plan, pipeline))
     model.assisted = "draft" if draft is not None else ("prompt_lookup" if prompt_lookup else None)
+    if plan.base_device == "NPU":
+        shape = npu_fallback.StaticShape(props["MAX_PROMPT_LEN"], props["MIN_RESPONSE_LEN"])
+        real_context = (plan.manifest.context_length if plan.manifest and plan.manifest.context_length
+                        else _config_context(plan.folder))
+        npu_fallback.attach(model, shape, fallback_device, context_length=real_context, cache=cache)
     if warm_up:
         model.warm_up()
     return model

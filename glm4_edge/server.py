@@ -29,6 +29,7 @@ from typing import Any
 from . import glm_format
 from .batching import BatchedModel
 from .errors import BadParameterError, ContextOverflowError, Glm4EdgeError
+from .fallback import StaticShapeError
 from .model import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_TEMPERATURE,
@@ -83,6 +84,8 @@ _OPENAI_PARAM = {"max_new_tokens": "max_tokens"}
 
 
 def _from_glm4_edge_error(error: Glm4EdgeError) -> ApiError:
+    if isinstance(error, StaticShapeError):  # the NPU's limit, not the model's context: say which
+        return ApiError(400, str(error), param="messages", code="context_length_exceeded")
     if isinstance(error, ContextOverflowError):
         return ApiError(400, f"This model's maximum context length is {error.context} tokens; the prompt has "
                              f"{error.prompt_tokens} tokens and max_tokens is {error.max_new_tokens} "
@@ -136,6 +139,7 @@ class Metrics:
         self.generated_tokens = 0
         self.generations = 0
         self.cancelled = 0
+        self.fallbacks = 0
         self.ttft = Histogram(TTFT_BUCKETS_S)
         self.tokens_per_s = Histogram(TOKENS_PER_S_BUCKETS)
         self.queue_wait = Histogram(QUEUE_WAIT_BUCKETS_S)
@@ -159,6 +163,7 @@ class Metrics:
             if stats is None:
                 return
             self.prompt_tokens += stats.prompt_tokens
+            self.fallbacks += int(bool(stats.fallback))
             self.generated_tokens += stats.generated_tokens
             if stats.ttft_s is not None:
                 self.ttft.observe(stats.ttft_s)
@@ -184,6 +189,8 @@ class Metrics:
                    self.generations)
             scalar("glm4_edge_generations_cancelled_total", "counter",
                    "Generations stopped because the client left.", self.cancelled)
+            scalar("glm4_edge_fallback_generations_total", "counter",
+                   "Generations answered on the fallback device (over the NPU's static shape).", self.fallbacks)
             scalar("glm4_edge_prompt_tokens_total", "counter", "Prompt tokens processed.", self.prompt_tokens)
             scalar("glm4_edge_generated_tokens_total", "counter",
                    "Tokens generated (counted when each generation ends).", self.generated_tokens)
@@ -588,6 +595,9 @@ def parse_completion(body: dict) -> CompletionRequest:
 
 
 def _default_max_tokens(model: Model, prompt_tokens: int) -> int:
+    shape = model.static_shape
+    if shape is not None and prompt_tokens <= shape.max_prompt_len:  # what the NPU's KV cache leaves: no fallback
+        return max(1, shape.kv_capacity - prompt_tokens)
     if not model.context_length:
         return DEFAULT_MAX_NEW_TOKENS
     return max(1, model.context_length - prompt_tokens)
@@ -786,6 +796,13 @@ def _usage(stats: GenerationStats | None) -> dict[str, int]:
     prompt = stats.prompt_tokens if stats else 0
     completion = stats.generated_tokens if stats else 0
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _served_by(stats: GenerationStats | None) -> dict[str, Any]:
+    """An extra response field when the request ran on the fallback device; clients may ignore it."""
+    if stats is None or not stats.fallback:
+        return {}
+    return {"glm4_edge": {"device": stats.device, "fallback": stats.fallback}}
 
 
 def _finish_reason(reason: str | None) -> str:
@@ -1168,7 +1185,8 @@ class _ChatFormat(_Format):
             out.append(self._chunk({"tool_calls": _openai_tool_calls(chunk.tool_calls, True)}, None,
                                    include_usage))
         if chunk.finish_reason:
-            out.append(self._chunk({}, _finish_reason(chunk.finish_reason), include_usage))
+            out.append({**self._chunk({}, _finish_reason(chunk.finish_reason), include_usage),
+                        **_served_by(chunk.stats)})
         return out
 
     def whole(self, reply: Collected) -> dict[str, Any]:
@@ -1181,7 +1199,7 @@ class _ChatFormat(_Format):
             message["content"] = ""
         choice = {"index": 0, "message": message, "logprobs": None,
                   "finish_reason": _finish_reason(reply.finish_reason)}
-        return self._envelope([choice], False, usage=_usage(reply.stats))
+        return self._envelope([choice], False, usage=_usage(reply.stats), **_served_by(reply.stats))
 
 
 class _CompletionFormat(_Format):
@@ -1201,13 +1219,14 @@ class _CompletionFormat(_Format):
         if chunk.text:
             out.append(self._chunk(chunk.text, None, include_usage))
         if chunk.finish_reason:
-            out.append(self._chunk("", _finish_reason(chunk.finish_reason), include_usage))
+            out.append({**self._chunk("", _finish_reason(chunk.finish_reason), include_usage),
+                        **_served_by(chunk.stats)})
         return out
 
     def whole(self, reply: Collected) -> dict[str, Any]:
         choice = {"index": 0, "text": reply.text, "logprobs": None,
                   "finish_reason": _finish_reason(reply.finish_reason)}
-        return self._envelope([choice], False, usage=_usage(reply.stats))
+        return self._envelope([choice], False, usage=_usage(reply.stats), **_served_by(reply.stats))
 
 
 # --- running -----------------------------------------------------------------------------------------

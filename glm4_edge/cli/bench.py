@@ -19,7 +19,7 @@ from .common import add_model_args, properties
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="measure load time, TTFT, tokens/s and memory")
-    add_model_args(parser)
+    add_model_args(parser, fallback=False)  # measures the device asked for, never a fallback
     parser.add_argument("--prompt-tokens", type=int, default=DEFAULT_PROMPT_TOKENS,
                         help=f"prompt length, chat template included (default {DEFAULT_PROMPT_TOKENS})")
     parser.add_argument("--gen-tokens", type=int, default=DEFAULT_GEN_TOKENS,

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadParameterError
+from ..fallback import DEFAULT_FALLBACK_DEVICE, NO_FALLBACK
 from ..model import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Model, load
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
+def add_model_args(parser: argparse.ArgumentParser, fallback: bool = True) -> None:
     parser.add_argument("model", type=Path, help="converted model folder (from `glm4-edge convert`)")
     parser.add_argument("--device", default="CPU", help="CPU, GPU, GPU.1, NPU or AUTO (default CPU)")
     parser.add_argument("--draft", type=Path, help="draft model folder for speculative decoding")
@@ -21,7 +22,20 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-prompt-len", type=int, help="NPU: static prompt length")
     parser.add_argument("--min-response-len", type=int, help="NPU: static response length")
     parser.add_argument("--no-cache", action="store_true", help="GPU/NPU: do not cache compiled blobs")
+    if fallback:
+        parser.add_argument("--fallback-device", default=DEFAULT_FALLBACK_DEVICE, type=_fallback_choice,
+                            metavar="{CPU,GPU,none}",
+                            help="NPU: answer requests over its static prompt/response shape on this device, "
+                                 f"loaded when first needed (default {DEFAULT_FALLBACK_DEVICE}; none: an error)")
     add_property_arg(parser)
+
+
+def _fallback_choice(text: str) -> str:
+    if text.strip().lower() == NO_FALLBACK:
+        return NO_FALLBACK
+    if text.strip().upper().split(".")[0] not in ("CPU", "GPU"):
+        raise argparse.ArgumentTypeError(f"{text!r}: choose CPU, GPU, GPU.1 or none")
+    return text.strip().upper()
 
 
 def add_property_arg(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +64,8 @@ def sampling_options(args: argparse.Namespace) -> dict:
 def load_model(args: argparse.Namespace, warm_up: bool = False) -> Model:
     return load(args.model, args.device, max_prompt_len=args.max_prompt_len,
                 min_response_len=args.min_response_len, cache=not args.no_cache, draft=args.draft,
-                prompt_lookup=args.prompt_lookup, properties=properties(args), warm_up=warm_up)
+                prompt_lookup=args.prompt_lookup, properties=properties(args), warm_up=warm_up,
+                fallback_device=getattr(args, "fallback_device", DEFAULT_FALLBACK_DEVICE))
 
 
 def is_loopback(host: str) -> bool:

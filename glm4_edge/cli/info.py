@@ -25,6 +25,16 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+def _device_choice(folder: Path) -> str:
+    from ..device_bench import recorded
+
+    choice = recorded(folder)
+    if choice is None:
+        return "not measured (glm4-edge devices --bench MODEL)"
+    return (f"{choice.device}{' + draft' if choice.draft else ''}: {choice.tokens_per_s:.1f} tok/s decode, "
+            f"measured {choice.measured[:10]} by glm4-edge devices --bench")
+
+
 def run(args: argparse.Namespace) -> int:
     folder = args.model
     if not (folder / "openvino_model.xml").is_file():
@@ -48,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         ("context", str(manifest.context_length)), ("reasoning (Z1)", str(manifest.reasoning)),
         ("size on disk", f"{folder_bytes(folder) / 1e6:,.1f} MB"),
         ("created", manifest.created),
+        ("device for AUTO", _device_choice(folder)),
         ("versions", ", ".join(f"{k} {v}" for k, v in manifest.versions.items())),
     ]
     table = Table(show_header=False, title=str(folder))

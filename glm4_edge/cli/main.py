@@ -9,7 +9,7 @@ import sys
 
 from ..errors import Glm4EdgeError
 
-VERBS = ("convert", "chat", "generate", "devices", "info", "ui", "serve", "bench", "eval")
+VERBS = ("convert", "chat", "generate", "devices", "info", "ui", "serve", "bench", "eval", "export_ovms")
 EXIT_USAGE = 2
 
 

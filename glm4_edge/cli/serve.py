@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         loader = partial(load, folder, args.device, max_prompt_len=args.max_prompt_len,
                          min_response_len=args.min_response_len, cache=not args.no_cache, draft=args.draft,
                          prompt_lookup=args.prompt_lookup, properties=properties(args),
-                         warm_up=True)
+                         warm_up=True, fallback_device=args.fallback_device)
     config = server.ServerConfig(load=loader, model_name=name, aliases=(default_name,), api_key=api_key,
                                  max_concurrency=args.max_concurrency, allow_origins=tuple(args.allow_origin),
                                  max_body_bytes=args.max_body_bytes,
