@@ -10,8 +10,8 @@ from ..batching import BATCHING_DEVICES, load_batched
 from ..devices import base_device
 from ..errors import Glm4EdgeError
 from ..manifest import read_manifest
-from ..model import check_model_folder, load
-from .common import add_model_args, is_loopback, properties
+from ..model import load
+from .common import add_model_args, add_verify_arg, is_loopback, properties, verify_at_start
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -43,6 +43,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=server.DEFAULT_MAX_BODY_BYTES,
                         help=f"largest request body accepted (default {server.DEFAULT_MAX_BODY_BYTES})")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    add_verify_arg(parser, "server")
     parser.set_defaults(run=run)
 
 
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         if origin != "*" and not origin.startswith(("http://", "https://")):
             raise Glm4EdgeError(f"--allow-origin {origin}: give a full origin like http://localhost:3000")
     # Check the folder before binding: a typo should fail now, not after the server reports ready to load.
-    folder = check_model_folder(args.model)
+    folder = verify_at_start(args.model, "serve", skip=args.no_verify)
     manifest = read_manifest(folder)
     default_name = manifest.name if manifest else folder.resolve().name
     name = args.model_name or default_name

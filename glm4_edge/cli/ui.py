@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..errors import Glm4EdgeError
-from .common import add_model_args, add_sampling_args, is_loopback, load_model
+from .common import add_model_args, add_sampling_args, add_verify_arg, is_loopback, load_model, verify_at_start
 
 # Duplicated from glm4_edge.ui on purpose: importing it loads Gradio, far too slow for `--help`.
 DEFAULT_HOST = "127.0.0.1"
@@ -35,6 +35,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--config", type=Path, metavar="KIOSK.TOML",
                         help="kiosk texts, examples, language and idle timeout (see docs/kiosk.md)")
     parser.add_argument("--auth", metavar="USER:PASS", help="ask for this user name and password first")
+    add_verify_arg(parser, "kiosk")
     parser.set_defaults(run=run)
 
 
@@ -50,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     kiosk_config = None
     if args.kiosk:
         kiosk_config = ui.load_kiosk_config(args.config) if args.config is not None else ui.KioskConfig()
+    if args.kiosk:  # a public terminal must never run a damaged copy
+        args.model = verify_at_start(args.model, "ui", skip=args.no_verify)
     model = load_model(args, warm_up=True)  # the first visitor should not pay for lazy initialisation
     app = ui.build_app(model, kiosk_config, system_prompt=args.system, temperature=args.temperature,
                        top_p=args.top_p, max_new_tokens=args.max_new_tokens,
