@@ -148,7 +148,7 @@ def unpack(archive: str | Path, *, name: str | None = None, force: bool = False,
     if not archive.is_file():
         raise Glm4EdgeError(f"{archive}: no such archive file")
     try:
-        with tarfile.open(archive, "r:*") as tar:
+        with tarfile.open(archive, "r:") as tar:  # pack writes plain tar
             progress(f"reading {archive.name}")
             members = tar.getmembers()
             top, files, index = _check_members(archive, tar, members)
@@ -165,8 +165,8 @@ def unpack(archive: str | Path, *, name: str | None = None, force: bool = False,
             raise Glm4EdgeError(f"the disk filled up while unpacking {archive}; nothing was kept") from None
         if isinstance(error, OSError) and not isinstance(error, tarfile.TarError) and error.filename:
             raise Glm4EdgeError(f"cannot unpack {archive}: {error.strerror} ({error.filename})") from None
-        raise Glm4EdgeError(f"{archive} is truncated or corrupted ({error or type(error).__name__}); copy it "
-                            "again") from None
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[-1].strip(" -")
+        raise Glm4EdgeError(f"{archive} is truncated or corrupted ({reason}); copy it again") from None
 
 
 def _check_members(archive: Path, tar: tarfile.TarFile,
@@ -175,16 +175,16 @@ def _check_members(archive: Path, tar: tarfile.TarFile,
     if not members or members[-1].name != INDEX_NAME or not members[-1].isfile():
         raise Glm4EdgeError(f"{archive} is truncated or corrupted (no {INDEX_NAME} at its end), or was not made "
                             "by `glm4-edge pack`; copy it again")
-    tops = {PurePosixPath(m.name).parts[0] for m in members[:-1] if PurePosixPath(m.name).parts}
-    if len(tops) != 1:
-        raise Glm4EdgeError(f"{archive} must hold exactly one model folder, found {len(tops)}")
-    top = tops.pop()
     for member in members[:-1]:
         parts = PurePosixPath(member.name).parts
         if member.name.startswith(("/", "\\")) or ".." in parts or "\\" in member.name:
             raise Glm4EdgeError(f"refusing {archive}: {member.name!r} points outside the model folder")
         if not (member.isfile() or member.isdir()):
             raise Glm4EdgeError(f"refusing {archive}: {member.name!r} is a link or special file, not a model file")
+    tops = {PurePosixPath(m.name).parts[0] for m in members[:-1] if PurePosixPath(m.name).parts}
+    if len(tops) != 1:
+        raise Glm4EdgeError(f"{archive} must hold exactly one model folder, found {len(tops)}")
+    top = tops.pop()
     try:
         index = json.loads(tar.extractfile(members[-1]).read())
         files = index["files"]

@@ -114,9 +114,10 @@ def _convert(source: str, destination: Path, weight_format: str, preset: str, fo
                             "`glm4-edge unpack` the result") from None
     from . import convert_report
 
-    print(f"glm4-edge run: converting {source} into the store as {destination.name} ({weight_format}, "
-          f"{preset} preset); later runs start at once", file=sys.stderr, flush=True)
     options = export.ConvertOptions(source=source, output=destination, weight_format=weight_format,
                                     device=preset, force=force)
     with convert_report.progress() as step:
-        export.convert(options, step)
+        result = export.convert(options, step)
+    # Said after success only: a source that cannot be read stays a one-line error.
+    print(f"glm4-edge run: converted {source} into the store as {destination.name} ({weight_format}, {preset} "
+          f"preset) in {result.seconds:.0f} s; later runs start at once", file=sys.stderr, flush=True)
