@@ -57,8 +57,12 @@ def prepare(args: argparse.Namespace) -> Path:
         store.check_name(args.name)
     if path.is_dir() and (path / "openvino_model.xml").is_file():
         return path  # a converted folder, or a store entry given by its path
-    if not path.exists() and store.is_name(source) and (store.home() / source / "openvino_model.xml").is_file() \
-            and not args.force:
+    if not path.exists() and store.is_name(source) and (store.home() / source / "openvino_model.xml").is_file():
+        if args.force:
+            manifest = read_manifest(store.home() / source)
+            origin = manifest.source.get("id") if manifest else None
+            raise Glm4EdgeError(f"--force converts a checkpoint again; give the checkpoint rather than the store "
+                                f"name: glm4-edge run {origin or 'CHECKPOINT'} --force")
         return store.home() / source
     if path.exists():
         if not path.is_dir():
