@@ -63,27 +63,24 @@ def add_verify_arg(parser: argparse.ArgumentParser, what: str) -> None:
                         help=f"{what}: skip hashing every model file at start (file sizes are still checked)")
 
 
-def verify_at_start(model: str | Path, verb: str, skip: bool = False) -> Path:
+def verify_at_start(model: str | Path, verb: str, skip: bool = False) -> tuple[Path, str]:
     """A kiosk or server refuses a damaged model before it starts: every file against its manifest SHA-256.
 
-    Returns the model folder; raises `ModelFormatError` naming the first damaged file.
+    Returns the model folder and a line for the console, printed by the caller once it has started (so
+    that a later error stays one line); raises `ModelFormatError` naming the first damaged file.
     """
-    import sys
-
     from ..integrity import require_verified
     from ..model import check_model_folder
 
     folder = check_model_folder(model)
     if skip:
-        return folder
+        return folder, f"glm4-edge {verb}: model files not verified (--no-verify)"
     report = require_verified(folder)
     if not report.verifiable:
-        print(f"glm4-edge {verb}: note: {folder} records no file hashes (converted by an older glm4-edge or "
-              "another tool), so it was not verified", file=sys.stderr, flush=True)
-    else:
-        print(f"glm4-edge {verb}: verified {report.files} model files ({report.bytes / 1e6:,.1f} MB) in "
-              f"{report.seconds:.1f} s", file=sys.stderr, flush=True)
-    return folder
+        return folder, (f"glm4-edge {verb}: note: {folder} records no file hashes (converted by an older "
+                        "glm4-edge or another tool), so it was not verified")
+    return folder, (f"glm4-edge {verb}: verified {report.files} model files ({report.bytes / 1e6:,.1f} MB) in "
+                    f"{report.seconds:.1f} s")
 
 
 def is_loopback(host: str) -> bool:

@@ -10,7 +10,7 @@ from ..batching import BATCHING_DEVICES, load_batched
 from ..devices import base_device
 from ..errors import Glm4EdgeError
 from ..manifest import read_manifest
-from ..model import load
+from ..model import check_model_folder, load
 from .common import add_model_args, add_verify_arg, is_loopback, properties, verify_at_start
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         if origin != "*" and not origin.startswith(("http://", "https://")):
             raise Glm4EdgeError(f"--allow-origin {origin}: give a full origin like http://localhost:3000")
     # Check the folder before binding: a typo should fail now, not after the server reports ready to load.
-    folder = verify_at_start(args.model, "serve", skip=args.no_verify)
+    folder = check_model_folder(args.model)
     manifest = read_manifest(folder)
     default_name = manifest.name if manifest else folder.resolve().name
     name = args.model_name or default_name
@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
                          min_response_len=args.min_response_len, cache=not args.no_cache, draft=args.draft,
                          prompt_lookup=args.prompt_lookup, properties=properties(args),
                          warm_up=True)
+    folder, verified = verify_at_start(folder, "serve", skip=args.no_verify)
+    print(verified, file=sys.stderr, flush=True)
     config = server.ServerConfig(load=loader, model_name=name, aliases=(default_name,), api_key=api_key,
                                  max_concurrency=args.max_concurrency, allow_origins=tuple(args.allow_origin),
                                  max_body_bytes=args.max_body_bytes,
