@@ -185,6 +185,7 @@ def edge_variant(layers: int, variant: Variant, log: Log) -> Path:
     def build() -> Path:
         from glm4_edge.convert import export
 
+        from glm4_edge.integrity import file_table
         from glm4_edge.manifest import Compression, read_manifest
 
         temp = _fresh_temp(final)
@@ -203,6 +204,7 @@ def edge_variant(layers: int, variant: Variant, log: Log) -> Path:
             weight_format=settings.weight_format, group_size=settings.group_size, ratio=settings.ratio,
             sym=settings.sym, all_layers=settings.all_layers, backup_precision=settings.backup_precision,
             bits_table=export.bits_table(temp / "openvino_model.xml"))
+        manifest.files = file_table(temp)  # the fp16 model's hashes no longer describe the new IR
         manifest.write(temp)
         return _publish(temp, final)
 

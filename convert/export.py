@@ -25,6 +25,7 @@ from typing import Any
 
 from glm4_edge.errors import BadParameterError, Glm4EdgeError, ModelFormatError
 from glm4_edge.glm_format import DEFAULT_GENERATION_PREFIX, STOP_TOKENS, THINK_OPEN
+from glm4_edge.integrity import file_table
 from glm4_edge.manifest import MANIFEST_NAME, Compression, Manifest
 
 from . import calibration, families, lora, presets
@@ -139,6 +140,8 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> Conver
         shutil.rmtree(staged)
 
         output_bytes = sum(p.stat().st_size for p in temp.rglob("*") if p.is_file())
+        progress("recording SHA-256 checksums")
+        files = file_table(temp)  # last, so that they describe exactly what is renamed into place
         manifest = Manifest(
             name=output.name,
             family=source.family,
@@ -165,6 +168,7 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> Conver
             size_bytes={"source": source_bytes, "output": output_bytes},
             versions=package_versions(),
             created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            files=files,
         )
         manifest.write(temp)
         progress("finishing")

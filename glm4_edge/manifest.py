@@ -45,6 +45,9 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
     format_version: int = FORMAT_VERSION
+    # Relative path -> {"size": bytes, "sha256": hex} of every file but this manifest (glm4_edge.integrity);
+    # empty for models converted before glm4-edge recorded them: those load, but cannot be verified.
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import device_bench, devices, glm_format, prompting
+from . import device_bench, devices, glm_format, integrity, prompting, store
 from . import fallback as npu_fallback
 from .errors import BadParameterError, ContextOverflowError, Glm4EdgeError, ModelFormatError
 from .manifest import Manifest, read_manifest
@@ -454,7 +454,7 @@ class LoadPlan:
 
 def check_model_folder(path: str | Path) -> Path:
     """The folder, if it holds a converted model; else a ModelFormatError saying what to do."""
-    folder = Path(path).expanduser()
+    folder = store.resolve(path)  # a folder, or a name in the model store
     if not folder.is_dir():
         raise ModelFormatError(f"{folder}: no such model folder; convert one with `glm4-edge convert`")
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
@@ -469,6 +469,8 @@ def plan_load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len:
               properties: dict[str, Any] | None = None) -> LoadPlan:
     folder = check_model_folder(path)
     manifest = read_manifest(folder)
+    if manifest is not None:
+        integrity.check_sizes(folder, manifest.files)  # a stat per file: a truncated copy fails here, by name
     device = devices.check_device(device_bench.resolve_auto(folder, device))  # AUTO: the measured winner
     props = devices.pipeline_properties(device, manifest, folder, max_prompt_len, min_response_len, cache)
     props.update(properties or {})
@@ -533,7 +535,7 @@ def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int 
         scheduler.enable_prefix_caching = True  # multi-turn chats reuse the history's KV cache
         props.setdefault("scheduler_config", scheduler)
     if draft is not None:
-        draft_folder = Path(draft).expanduser()
+        draft_folder = store.find(draft) or Path(draft).expanduser()
         if not (draft_folder / "openvino_model.xml").is_file():
             raise ModelFormatError(f"--draft {draft_folder} is not a converted model folder")
         prompting.check_draft_tokenizer(plan.folder, draft_folder)

@@ -16,6 +16,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 import json
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -42,6 +43,9 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DEFAULT_TITLE = "GLM-4 Edge"
 DEFAULT_IDLE_MINUTES = 5.0
+# Kiosk questions are short; a pasted essay would only fill the context and keep other visitors waiting.
+# 500 characters is about 100 English words or a paragraph of Chinese (a few hundred tokens).
+DEFAULT_MAX_INPUT_CHARS = 500
 DEFAULT_REPETITION_PENALTY = 1.0
 LANGUAGES = ("en", "zh")
 # The slider's upper end: the model's context, but no more than anyone waits for on a small device.
@@ -102,6 +106,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "finish_cancelled": "stopped",
         "finish_tool_calls": "tool call",
         "trimmed": "oldest turns forgotten to fit the context",
+        "too_long": "That message is a little long for me. Please keep it under {limit} characters.",
+        "generic_error": "Sorry, something went wrong. Please try again, or start a new chat.",
     },
     "zh": {
         "placeholder": "输入消息，按回车发送",
@@ -132,6 +138,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "finish_cancelled": "已停止",
         "finish_tool_calls": "工具调用",
         "trimmed": "为放入上下文，已忘记最早的几轮对话",
+        "too_long": "这条消息有点长，请控制在 {limit} 个字以内。",
+        "generic_error": "抱歉，出了点问题。请再试一次，或开始新对话。",
     },
 }
 
@@ -164,11 +172,12 @@ class KioskConfig:
     idle_minutes: float = DEFAULT_IDLE_MINUTES  # 0 = never clear
     examples: tuple[str, ...] = ()  # empty: the built-in en/zh examples
     system_prompt: str = ""
+    max_input_chars: int = DEFAULT_MAX_INPUT_CHARS  # longer messages get a friendly "too long" note
 
 
 _CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     "title": (str,), "welcome": (str,), "language": (str,), "idle_minutes": (int, float),
-    "examples": (list,), "system_prompt": (str,),
+    "examples": (list,), "system_prompt": (str,), "max_input_chars": (int,),
 }
 
 
@@ -200,6 +209,8 @@ def load_kiosk_config(path: str | Path) -> KioskConfig:
     if data.get("idle_minutes", 0) < 0:
         raise Glm4EdgeError(f"--config {path}: idle_minutes must be 0 (never) or more, "
                             f"got {data['idle_minutes']}")
+    if data.get("max_input_chars", 1) < 1:
+        raise Glm4EdgeError(f"--config {path}: max_input_chars must be 1 or more, got {data['max_input_chars']}")
     examples = data.get("examples", [])
     if not all(isinstance(item, str) and item.strip() for item in examples):
         raise Glm4EdgeError(f"--config {path}: examples must be a list of non-empty strings")
@@ -272,6 +283,7 @@ class _Answer:
     """An answer as it streams in, turned into Chatbot messages by `messages`."""
 
     strings: dict[str, str]
+    show_stats: bool = True  # kiosk: False, visitors see no model, device or token rates
     reasoning: str = ""
     text: str = ""
     tool_calls: list[dict[str, str]] = field(default_factory=list)
@@ -327,10 +339,12 @@ class _Answer:
         if self.stats is None:
             return ""
         s, stats = self.strings, self.stats
-        ttft = f"{stats.ttft_s * 1000:.0f} ms" if stats.ttft_s is not None else "–"
-        rate = f"{stats.tokens_per_s:.1f}" if stats.tokens_per_s else "–"
-        parts = [f"{s['ttft']} {ttft}", f"{rate} {s['tok_s']}", f"{stats.generated_tokens} {s['tokens']}",
-                 stats.device]
+        parts = []
+        if self.show_stats:
+            ttft = f"{stats.ttft_s * 1000:.0f} ms" if stats.ttft_s is not None else "–"
+            rate = f"{stats.tokens_per_s:.1f}" if stats.tokens_per_s else "–"
+            parts = [f"{s['ttft']} {ttft}", f"{rate} {s['tok_s']}", f"{stats.generated_tokens} {s['tokens']}",
+                     stats.device]
         if self.finish_reason and self.finish_reason != "stop":
             parts.append(s.get(f"finish_{self.finish_reason}", self.finish_reason))
         if self.trimmed:
@@ -386,12 +400,30 @@ def _generate_into(model: Model, messages: list[dict[str, Any]], options: dict[s
         out.put(_DONE)
 
 
-def _error_text(error: Exception, strings: dict[str, str]) -> str:
+def _error_text(error: Exception, strings: dict[str, str], kiosk: bool = False) -> str:
+    if kiosk:
+        # A visitor can act on none of it, and it names the model, the device or token counts: the
+        # operator gets the real reason on the console (the journal, under systemd).
+        print(f"glm4-edge ui: error: {_reason(error)}", file=sys.stderr, flush=True)
+        if not isinstance(error, Glm4EdgeError):
+            log.error("generation failed", exc_info=error)
+        return strings["generic_error"]
     if isinstance(error, Glm4EdgeError):
         return str(error)
     # OpenVINO reports a lost or hung device as RuntimeError; the operator gets the whole trace.
     log.error("generation failed", exc_info=error)
     return f"{strings['device_error']} ({openvino_reason(error)})"
+
+
+def _reason(error: Exception) -> str:
+    return str(error) if isinstance(error, Glm4EdgeError) else openvino_reason(error)
+
+
+def _log_answer(result: _Answer) -> None:
+    """Kiosk: what visitors no longer see, for the operator (stats only, never what was asked)."""
+    if result.stats is not None:
+        print(f"glm4-edge ui: answered · {result.stats.summary()} · {result.finish_reason}"
+              + (" · trimmed" if result.trimmed else ""), file=sys.stderr, flush=True)
 
 
 # --- the app ------------------------------------------------------------------------------------
@@ -425,7 +457,7 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
             gr.Markdown(welcome, elem_id="kiosk-welcome")
         else:
             gr.Markdown(f"# {config.title}")
-        gr.Markdown(model_summary(model), elem_id="model-info")
+            gr.Markdown(model_summary(model), elem_id="model-info")  # the kiosk never names the model
 
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
@@ -474,6 +506,14 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
                 # While this tab's answer is queued or streaming, the text stays in the box for later;
                 # `conv` is left alone, as that answer's step still has to find its pending turn.
                 return gr.skip(), gr.skip(), gr.skip()
+            if kiosk and len(text) > config.max_input_chars:
+                # Said in the chat, and the text stays in the box to be shortened; the model never sees it.
+                note = {"role": "assistant", "content": s["too_long"].format(limit=config.max_input_chars)}
+                if conv.display and conv.display[-1] == note:
+                    conv.display.pop()  # one note, not a stack of them
+                conv.display.append(note)
+                conv.active = time.monotonic()
+                return gr.skip(), list(conv.display), conv
             if conv.turns and conv.turns[-1]["role"] == "user":
                 conv.turns.pop()  # an earlier question whose answer failed: the user moved on
             conv.display.append({"role": "user", "content": text})
@@ -508,7 +548,7 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
                 yield gr.skip(), gr.skip()
                 return
             conv.pending = False
-            result = _Answer(s)
+            result = _Answer(s, show_stats=not kiosk)
             finished = False
             try:
                 try:
@@ -538,7 +578,7 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
                         result.add(item)
                         dirty = True
                     elif isinstance(item, Exception):
-                        result.error = _error_text(item, s)
+                        result.error = _error_text(item, s, kiosk)
                     elif item == "trimmed":
                         result.trimmed = True
                     if control.epoch != epoch:
@@ -562,6 +602,8 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
                 conv.turns.append(result.as_turn())
             conv.display = base + result.messages()
             conv.active = time.monotonic()
+            if kiosk:
+                _log_answer(result)
             yield list(conv.display), conv
 
         def _options(values: tuple[Any, ...]) -> tuple[dict[str, Any], str]:

@@ -36,6 +36,15 @@ def _convert(source: Path, output: Path, **options) -> Path:
     return output
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_store(tmp_path_factory) -> Path:
+    """Tests never touch the user's own model store: $GLM4_EDGE_HOME points into the session's temp folder."""
+    home = tmp_path_factory.mktemp("store")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GLM4_EDGE_HOME", str(home))
+        yield home
+
+
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("models")

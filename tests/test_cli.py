@@ -66,7 +66,7 @@ def test_generate_batch_skips_bad_lines_and_resumes(tmp_path, scripted_model):
     (["generate", "{model}", "-p", "x", "-o", "out.jsonl"], ["--batch"]),
     (["generate", "{model}", "--batch", "/nonexistent.jsonl", "-o", "o.jsonl"], ["no such file"]),
     (["chat", "{model}", "--device", "GPU"], ["GPU not found"]),
-    (["info", "/nonexistent"], ["not a converted model folder"]),
+    (["info", "/nonexistent"], ["no such model folder or store name"]),
     (["generate", "{model}"], ["-p/--prompt"]),
     (["generate", "{model}", "-p", "x", "--property", "KV_CACHE_PRECISION"], ["KEY=VALUE"]),
     (["generate", "{model}", "-p", "x", "--property", "NO_SUCH_PROPERTY=1"], ["could not load", "NO_SUCH_PROPERTY"]),

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from glm4_edge.evaluate import builtin_cases, evaluate
+from glm4_edge.integrity import file_table
+from glm4_edge.manifest import read_manifest
 
 from .conftest import REPO, _convert
 from .test_convert import assert_one_line_error, run_cli
@@ -77,6 +79,10 @@ def corrupt(folder: Path, out: Path) -> Path:
     ov.save_model(model, out / "damaged.xml", compress_to_fp16=False)
     (out / "damaged.xml").replace(out / "openvino_model.xml")
     (out / "damaged.bin").replace(out / "openvino_model.bin")
+    # Damaged as if by a faulty conversion, which hashes what it wrote: only eval can tell, not verify.
+    manifest = read_manifest(out)
+    manifest.files = file_table(out)
+    manifest.write(out)
     return out
 
 

@@ -173,6 +173,12 @@ def _wait_footers(page, count: int) -> str:
     return page.locator(FOOTER).nth(count - 1).inner_text()
 
 
+def _wait_answer(page, text: str) -> None:
+    """Until the last bot message holds `text` (a kiosk's answers carry no footer to wait for)."""
+    page.wait_for_function("([sel, text]) => { const m = document.querySelectorAll(sel);"
+                           " return m.length > 0 && m[m.length - 1].innerText.includes(text); }", arg=[BOT, text])
+
+
 def _watch_chat(page) -> None:
     page.evaluate("() => { window.chatChanged = false;"
                   " new MutationObserver(() => { window.chatChanged = true; })"
@@ -389,9 +395,11 @@ def kiosk_cli(scripted_model, tmp_path_factory):
     assert process.returncode == 0, output  # SIGTERM (systemd stop) is a clean shutdown
     assert f"glm4-edge ui: kiosk for {scripted_model.name}" in output, output
     assert "share" not in output.lower(), output  # no hint at public links on a kiosk's console
+    # The operator's view: the model was verified before starting, and each answer's figures are logged.
+    assert "glm4-edge ui: verified" in output and "glm4-edge ui: answered · prompt" in output, output
 
 
-def test_kiosk_cli_locks_the_page_down(kiosk_cli, page):
+def test_kiosk_cli_locks_the_page_down(kiosk_cli, scripted_model, page):
     page.goto(kiosk_cli, wait_until="load")
     page.wait_for_selector("input[type=password]")  # --auth: a login form comes first
     assert page.locator("#prompt").count() == 0
@@ -413,9 +421,12 @@ def test_kiosk_cli_locks_the_page_down(kiosk_cli, page):
     assert not info.get("named_endpoints"), info  # nothing to call from outside the page
 
     page.get_by_text("青铜器是怎么铸造的？").click()  # an example starts the chat with one tap
-    footer = _wait_footers(page, 1)
-    assert footer.startswith("首字延迟") and "14 词元" in footer, footer
+    _wait_answer(page, REASONING_ANSWER)
     assert _last_bot_text(page).startswith(REASONING_ANSWER)
+    body = page.inner_text("body")
+    for internal in (scripted_model.name, "glm4", "fp16", "CPU", "首字延迟", "词元", "tok/s", "TTFT"):
+        assert internal not in body, internal  # visitors never see the model, the device or token rates
+    assert page.locator(FOOTER).count() == 0 and page.locator("#model-info").count() == 0
     assert "思考过程" in page.inner_text("#chatbot")
     screenshot(page, "ui-kiosk.png")
 
@@ -430,7 +441,7 @@ def test_kiosk_forgets_the_conversation_when_idle(scripted_model, page):
     with _serve(scripted_model, KioskConfig(idle_minutes=0.03)) as (url, _):  # 1.8 s
         _open(page, url)
         _send(page, "hello")
-        _wait_footers(page, 1)
+        _wait_answer(page, REASONING_ANSWER)
         started = time.monotonic()
         page.wait_for_function("(sel) => document.querySelectorAll(sel).length === 0", arg=BOT,
                                timeout=15_000)
@@ -445,12 +456,35 @@ def test_kiosk_forgets_old_turns_when_the_context_is_full(loop_model, page):
     with _serve(loop_model, KioskConfig(idle_minutes=0), max_new_tokens=half) as (url, _):
         _open(page, url)
         _send(page, "first")
-        assert f"{half} tokens" in _wait_footers(page, 1)
+        assert _wait_footers(page, 1) == "length limit"  # a kiosk's footer: no token counts
         page.evaluate(STOP_ON_FIRST_TEXT, [BOT, 1])  # that it starts is enough
         _send(page, "second")  # the desktop page would report an overflow; a kiosk visitor cannot fix it
         footer = _wait_footers(page, 2)
         # Stopped or run to its length limit (it is fast on an idle machine): either way, trimmed.
         assert footer.endswith("oldest turns forgotten to fit the context"), footer
+
+
+def test_kiosk_caps_input_and_keeps_errors_generic(scripted_model, loop_model, page):
+    from glm4_edge.ui import KioskConfig
+
+    with _serve(scripted_model, KioskConfig(idle_minutes=0, max_input_chars=40)) as (url, model):
+        _open(page, url)
+        _send(page, "x" * 41)
+        page.get_by_text("That message is a little long for me. Please keep it under 40 characters.").wait_for()
+        assert page.input_value("#prompt textarea") == "x" * 41  # kept, to be shortened
+        assert page.locator("#chatbot [data-testid=user]").count() == 0  # the model never saw it
+        _send(page, "x" * 40)
+        _wait_answer(page, REASONING_ANSWER)
+        assert page.locator("#chatbot [data-testid=user]").count() == 1
+    # No room for any answer: an error the visitor cannot fix. It must not show token counts or the context.
+    context = 4096
+    with _serve(loop_model, KioskConfig(idle_minutes=0), max_new_tokens=context) as (url, model):
+        assert model.context_length == context
+        _open(page, url)
+        _send(page, "hello")
+        page.get_by_text("Sorry, something went wrong. Please try again, or start a new chat.").wait_for()
+        chat = page.inner_text("#chatbot")
+        assert "context" not in chat and "token" not in chat and str(context) not in chat, chat
 
 
 # --- bad input -----------------------------------------------------------------------------------

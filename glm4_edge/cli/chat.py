@@ -16,11 +16,16 @@ HELP = "commands: /clear (new conversation), /stats (last answer), /exit; Ctrl-C
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("chat", help="chat with a converted model in the terminal")
     add_model_args(parser)
+    add_chat_args(parser)
+    parser.set_defaults(run=run)
+
+
+def add_chat_args(parser) -> None:
+    """The REPL's own options; `run` shares them."""
     parser.add_argument("--system", help="system prompt")
     parser.add_argument("--trim-history", action="store_true",
                         help="drop the oldest turns instead of failing when the context is full")
     add_sampling_args(parser)
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,7 +14,12 @@ from ..model import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, 
 
 
 def add_model_args(parser: argparse.ArgumentParser, fallback: bool = True) -> None:
-    parser.add_argument("model", type=Path, help="converted model folder (from `glm4-edge convert`)")
+    parser.add_argument("model", type=Path, help="converted model: a folder or a store name (`glm4-edge list`)")
+    add_runtime_args(parser, fallback)
+
+
+def add_runtime_args(parser: argparse.ArgumentParser, fallback: bool = True) -> None:
+    """The options of every verb that loads a model, without the model itself (`run` takes a source)."""
     parser.add_argument("--device", default="CPU", help="CPU, GPU, GPU.1, NPU or AUTO (default CPU)")
     parser.add_argument("--draft", type=Path, help="draft model folder for speculative decoding")
     parser.add_argument("--prompt-lookup", action="store_true",
@@ -66,6 +71,31 @@ def load_model(args: argparse.Namespace, warm_up: bool = False) -> Model:
                 min_response_len=args.min_response_len, cache=not args.no_cache, draft=args.draft,
                 prompt_lookup=args.prompt_lookup, properties=properties(args), warm_up=warm_up,
                 fallback_device=getattr(args, "fallback_device", DEFAULT_FALLBACK_DEVICE))
+
+
+def add_verify_arg(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--no-verify", action="store_true",
+                        help=f"{what}: skip hashing every model file at start (file sizes are still checked)")
+
+
+def verify_at_start(model: str | Path, verb: str, skip: bool = False) -> tuple[Path, str]:
+    """A kiosk or server refuses a damaged model before it starts: every file against its manifest SHA-256.
+
+    Returns the model folder and a line for the console, printed by the caller once it has started (so
+    that a later error stays one line); raises `ModelFormatError` naming the first damaged file.
+    """
+    from ..integrity import require_verified
+    from ..model import check_model_folder
+
+    folder = check_model_folder(model)
+    if skip:
+        return folder, f"glm4-edge {verb}: model files not verified (--no-verify)"
+    report = require_verified(folder)
+    if not report.verifiable:
+        return folder, (f"glm4-edge {verb}: note: {folder} records no file hashes (converted by an older "
+                        "glm4-edge or another tool), so it was not verified")
+    return folder, (f"glm4-edge {verb}: verified {report.files} model files ({report.bytes / 1e6:,.1f} MB) in "
+                    f"{report.seconds:.1f} s")
 
 
 def is_loopback(host: str) -> bool:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
+from .. import store
 from ..errors import Glm4EdgeError
 
 MAX_ERROR_CHARS = 300
@@ -15,7 +17,9 @@ def add_parser(subparsers) -> None:
         "convert", help="convert a GLM-4 checkpoint to OpenVINO IR with INT4/INT8 weights",
         description="Convert a GLM-4 checkpoint (local folder or hub id) to an OpenVINO model folder.")
     parser.add_argument("model", help="checkpoint folder or hub id (e.g. THUDM/GLM-4-9B-0414)")
-    parser.add_argument("-o", "--output", type=Path, help="output folder (default models/<name>-<format>-ov)")
+    parser.add_argument("-o", "--output", type=Path,
+                        help="output folder (default: the model store, as <name>-<format>[-<device>]; see "
+                             "`glm4-edge list`)")
     parser.add_argument("--weight-format", choices=("int4", "int8", "fp16"), default="int4")
     parser.add_argument("--device", choices=("cpu", "gpu", "npu"), default="cpu",
                         help="target device: picks the compression preset (default cpu)")
@@ -54,8 +58,11 @@ def run(args: argparse.Namespace) -> int:
                             "pip install 'glm4-edge[convert]'") from None
     from . import convert_report
 
+    output = args.output
+    if output is None:  # into the store, under the lock that `run` and `unpack` take for that name
+        output = store.entry_path(store.entry_name(args.model, args.weight_format, args.device, args.adapter))
     options = export.ConvertOptions(
-        source=args.model, output=args.output, weight_format=args.weight_format, device=args.device,
+        source=args.model, output=output, weight_format=args.weight_format, device=args.device,
         group_size=args.group_size, ratio=args.ratio, sym=args.sym, all_layers=args.all_layers, awq=args.awq,
         scale_estimation=args.scale_estimation, dataset=args.dataset, backup_precision=args.backup_precision,
         context=args.context, adapter=args.adapter, revision=args.revision, force=args.force,
@@ -63,12 +70,16 @@ def run(args: argparse.Namespace) -> int:
         check_resources=not args.no_resource_check)
     stage = ["starting"]
 
-    def step(message: str) -> None:
-        stage[0] = message
-        show(message)
-
     try:
-        with convert_report.progress(quiet=args.quiet) as show:
+        with contextlib.ExitStack() as stack:
+            if args.output is None:
+                stack.enter_context(store.lock(output.name))
+            show = stack.enter_context(convert_report.progress(quiet=args.quiet))
+
+            def step(message: str) -> None:
+                stage[0] = message
+                show(message)
+
             result = export.convert(options, step)
     except Glm4EdgeError:
         raise

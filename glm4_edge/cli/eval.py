@@ -9,13 +9,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from .. import store
 from ..errors import BadParameterError
 from .common import add_property_arg, properties
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("eval", help="measure task accuracy and drift from a reference model")
-    parser.add_argument("model", type=Path, help="converted model folder (or a Hugging Face checkpoint)")
+    parser.add_argument("model", type=Path, help="converted model folder or store name (or a Hugging Face checkpoint)")
     parser.add_argument("--reference", type=Path,
                         help="the original Hugging Face checkpoint or another converted model")
     parser.add_argument("--tasks", default="builtin",
@@ -32,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.cases < 1:
         raise BadParameterError("--cases must be at least 1", "cases")
-    report = evaluate(args.model, args.reference, args.tasks, args.cases, args.device, properties(args))
+    model = store.find(args.model) or args.model  # store names as well as folders
+    reference = (store.find(args.reference) or args.reference) if args.reference is not None else None
+    report = evaluate(model, reference, args.tasks, args.cases, args.device, properties(args))
     if args.json:
         print(json.dumps(report.as_dict(), ensure_ascii=False))
         return 0

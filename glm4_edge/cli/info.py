@@ -10,13 +10,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from .. import store
 from ..errors import ModelFormatError
 from ..manifest import read_manifest
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("info", help="show how a converted model was made")
-    parser.add_argument("model", type=Path, help="converted model folder")
+    parser.add_argument("model", type=Path, help="converted model folder or store name")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
     parser.set_defaults(run=run)
 
@@ -36,7 +37,7 @@ def _device_choice(folder: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    folder = args.model
+    folder = store.resolve(args.model)
     if not (folder / "openvino_model.xml").is_file():
         raise ModelFormatError(f"{folder} is not a converted model folder (no openvino_model.xml)")
     manifest = read_manifest(folder)

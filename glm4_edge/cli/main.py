@@ -9,7 +9,8 @@ import sys
 
 from ..errors import Glm4EdgeError
 
-VERBS = ("convert", "chat", "generate", "devices", "info", "ui", "serve", "bench", "eval", "export_ovms")
+VERBS = ("run", "convert", "chat", "generate", "list", "rm", "verify", "pack", "unpack", "devices", "info", "ui",
+         "serve", "bench", "eval", "export_ovms")
 EXIT_USAGE = 2
 
 

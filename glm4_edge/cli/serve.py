@@ -11,7 +11,7 @@ from ..devices import base_device
 from ..errors import Glm4EdgeError
 from ..manifest import read_manifest
 from ..model import check_model_folder, load
-from .common import add_model_args, is_loopback, properties
+from .common import add_model_args, add_verify_arg, is_loopback, properties, verify_at_start
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -43,6 +43,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=server.DEFAULT_MAX_BODY_BYTES,
                         help=f"largest request body accepted (default {server.DEFAULT_MAX_BODY_BYTES})")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    add_verify_arg(parser, "server")
     parser.set_defaults(run=run)
 
 
@@ -82,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
                          min_response_len=args.min_response_len, cache=not args.no_cache, draft=args.draft,
                          prompt_lookup=args.prompt_lookup, properties=properties(args),
                          warm_up=True, fallback_device=args.fallback_device)
+    folder, verified = verify_at_start(folder, "serve", skip=args.no_verify)
+    print(verified, file=sys.stderr, flush=True)
     config = server.ServerConfig(load=loader, model_name=name, aliases=(default_name,), api_key=api_key,
                                  max_concurrency=args.max_concurrency, allow_origins=tuple(args.allow_origin),
                                  max_body_bytes=args.max_body_bytes,

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..errors import Glm4EdgeError
-from .common import add_model_args, add_sampling_args, is_loopback, load_model
+from .common import add_model_args, add_sampling_args, add_verify_arg, is_loopback, load_model, verify_at_start
 
 # Duplicated from glm4_edge.ui on purpose: importing it loads Gradio, far too slow for `--help`.
 DEFAULT_HOST = "127.0.0.1"
@@ -35,6 +35,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--config", type=Path, metavar="KIOSK.TOML",
                         help="kiosk texts, examples, language and idle timeout (see docs/kiosk.md)")
     parser.add_argument("--auth", metavar="USER:PASS", help="ask for this user name and password first")
+    add_verify_arg(parser, "kiosk")
     parser.set_defaults(run=run)
 
 
@@ -50,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     kiosk_config = None
     if args.kiosk:
         kiosk_config = ui.load_kiosk_config(args.config) if args.config is not None else ui.KioskConfig()
+    if args.kiosk:  # a public terminal must never run a damaged copy
+        args.model, verified = verify_at_start(args.model, "ui", skip=args.no_verify)
     model = load_model(args, warm_up=True)  # the first visitor should not pay for lazy initialisation
     app = ui.build_app(model, kiosk_config, system_prompt=args.system, temperature=args.temperature,
                        top_p=args.top_p, max_new_tokens=args.max_new_tokens,
@@ -61,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         # Gradio's own banner suggests share=True, which this verb never uses: print our own line instead.
         ui.launch(app, host=args.host, port=args.port, auth=auth, block=False, quiet=True)
         mode = "kiosk" if args.kiosk else "chat"
+        if args.kiosk:
+            print(verified, flush=True)
         print(f"glm4-edge ui: {mode} for {model.describe()} on http://{args.host}:{args.port} "
               f"(Ctrl-C to stop)", flush=True)
         while app.is_running:  # Gradio serves from its own threads; the main thread waits for a signal
