@@ -270,7 +270,7 @@ class BatchedModel(Model):
         self.engine = engine
 
     def generate_batch(self, conversations, *, cancel: threading.Event | None = None, **options):  # noqa: D102
-        GenerationOptions.of({k: v for k, v in options.items() if k not in ("tools", "json_schema")})
+        GenerationOptions.of({k: v for k, v in options.items() if k not in ("tools", "tool_choice", "json_schema")})
         refuse("generate_batch", BATCH_CANNOT_HONOUR, {"cancel": cancel})
         return [self.generate(messages, **options) for messages in conversations]
 

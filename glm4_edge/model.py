@@ -30,6 +30,7 @@ from .options import (  # noqa: F401 - the DEFAULT_* names are re-exported for t
     refuse,
 )
 from .streaming import CallbackStream
+from .tool_choice import arguments_schema, choose, forced_calls, forced_prompt
 
 DEFAULT_DEVICE = "CPU"
 DEFAULT_CONTEXT = 8192
@@ -167,21 +168,28 @@ class Model:
     # --- generation -------------------------------------------------------------------------------
 
     def stream(self, messages: str | Sequence[dict], *, tools: Sequence[dict] | None = None,
-               json_schema: str | None = None, cancel: threading.Event | None = None,
+               tool_choice: Any = None, json_schema: str | None = None, cancel: threading.Event | None = None,
                **options: Any) -> Iterator[Chunk]:
         """Stream the answer to `messages` as `Chunk`s; the last one has finish_reason and stats.
 
         `options` are `GenerationOptions` fields (max_new_tokens, temperature, top_p, top_k,
         repetition_penalty, presence_penalty, frequency_penalty, seed, stop, ignore_eos); an unknown
         or out-of-range one raises BadParameterError naming it. `tools` are OpenAI function
-        schemas; `json_schema` (JSON text) constrains the answer through openvino-genai's structured
-        output. Breaking out of the loop (or `close()`) stops generation within a token. Setting
-        `cancel` from another thread ends the stream with finish_reason "cancelled".
+        schemas; `tool_choice` is OpenAI's ("auto", "none", "required", or a function to call,
+        by name or {"type": "function", "function": {"name": ...}}); `json_schema` (JSON text)
+        constrains the answer through openvino-genai's structured output. Breaking out of the loop
+        (or `close()`) stops generation within a token. Setting `cancel` from another thread ends
+        the stream with finish_reason "cancelled".
         """
         checked = GenerationOptions.of(options)
-        schemas = glm_format.tool_schemas(tools)
-        return self._stream_checked(self.render(messages, schemas), checked, tool_names=[s["name"] for s in schemas],
-                                    json_schema=json_schema, cancel=cancel)
+        shown, forced = _tool_plan(tools, tool_choice, json_schema)
+        prompt = self.render(messages, shown)
+        if forced is not None:
+            raw = self._stream_checked(forced_prompt(prompt, self.generation_prefix, forced["name"]), checked,
+                                       parse=False, json_schema=arguments_schema(forced), cancel=cancel)
+            return forced_tool_stream(raw, forced["name"])
+        return self._stream_checked(prompt, checked, tool_names=[s["name"] for s in shown], json_schema=json_schema,
+                                    cancel=cancel)
 
     def stream_prompt(self, prompt: str, *, parse: bool = True, tool_names: Sequence[str] = (),
                       json_schema: str | None = None, cancel: threading.Event | None = None,
@@ -247,8 +255,8 @@ class Model:
         return Reply("".join(text), "".join(reasoning), calls, reason, stats)
 
     def generate_batch(self, conversations: Sequence[str | Sequence[dict]], *, tools: Sequence[dict] | None = None,
-                       json_schema: str | None = None, cancel: threading.Event | None = None,
-                       **options: Any) -> list[Reply]:
+                       tool_choice: Any = None, json_schema: str | None = None,
+                       cancel: threading.Event | None = None, **options: Any) -> list[Reply]:
         """Answer several conversations in one batched `generate` call (no streaming).
 
         Takes `stream`'s options with the same meaning; stop strings end each answer in the
@@ -257,8 +265,11 @@ class Model:
         """
         checked = GenerationOptions.of(options)
         refuse("generate_batch", BATCH_CANNOT_HONOUR, {"cancel": cancel})
-        schemas = glm_format.tool_schemas(tools)
+        schemas, forced = _tool_plan(tools, tool_choice, json_schema)
         prompts = [self.render(messages, schemas) for messages in conversations]
+        if forced is not None:
+            prompts = [forced_prompt(prompt, self.generation_prefix, forced["name"]) for prompt in prompts]
+            json_schema = arguments_schema(forced)
         lengths = [self.count_tokens(prompt) for prompt in prompts]
         max_new_tokens = checked.max_new_tokens
         for length in lengths:
@@ -278,17 +289,23 @@ class Model:
             matcher = glm_format.StopMatcher(checked.stop)
             visible = matcher.feed(self.tokenizer.decode(tokens, skip_special_tokens=True))
             visible += "" if matcher.stopped else matcher.flush()
-            parser = glm_format.ReplyParser(tool_names=names, in_reasoning=self.starts_in_reasoning)
-            piece = parser.feed(visible)
-            rest, calls = parser.finish()
+            if forced is not None:  # the model wrote the arguments of the call its prompt began
+                call_list = forced_calls(visible, forced["name"])
+                text, reasoning = ("", "") if call_list else (visible, "")
+            else:
+                parser = glm_format.ReplyParser(tool_names=names, in_reasoning=self.starts_in_reasoning)
+                piece = parser.feed(visible)
+                rest, calls = parser.finish()
+                text, reasoning = piece.text + rest.text, piece.reasoning + rest.reasoning
+                call_list = [c.as_dict() for c in calls]
             stats = GenerationStats(prompt_tokens=prompt_tokens, generated_tokens=len(tokens), total_s=elapsed,
                                     device=self.device, load_s=self.load_s)
             ended = pipeline_reason(reasons[index]) if index < len(reasons) else None
-            reason = finish_reason(cancelled=False, tool_calls=bool(calls), stop_string=matcher.stopped, ended=ended,
-                                   last_token=tokens[-1] if tokens else None, stop_token_ids=self.stop_token_ids,
-                                   generated=len(tokens), max_new_tokens=max_new_tokens)
-            replies.append(Reply(piece.text + rest.text, piece.reasoning + rest.reasoning,
-                                 [c.as_dict() for c in calls], reason, stats))
+            reason = finish_reason(cancelled=False, tool_calls=bool(call_list), stop_string=matcher.stopped,
+                                   ended=ended, last_token=tokens[-1] if tokens else None,
+                                   stop_token_ids=self.stop_token_ids, generated=len(tokens),
+                                   max_new_tokens=max_new_tokens)
+            replies.append(Reply(text, reasoning, call_list, reason, stats))
         return replies
 
     def chat(self, system: str | None = None, *, tools: Sequence[dict] | None = None,
@@ -325,6 +342,33 @@ class Model:
         return stats
 
 
+def _tool_plan(tools: Sequence[dict] | None, tool_choice: Any,
+               json_schema: str | None) -> tuple[list[dict], dict | None]:
+    """(function schemas to show, the one the model must call or None); see `tool_choice.choose`."""
+    shown, forced = choose(tool_choice, glm_format.tool_schemas(tools))
+    if forced is not None and json_schema is not None:
+        raise BadParameterError("json_schema cannot go with a tool_choice that forces a call: the call's arguments "
+                                "follow the tool's parameters schema", "json_schema")
+    return shown, forced
+
+
+def forced_tool_stream(raw: Iterator[Chunk], name: str) -> Iterator[Chunk]:
+    """`raw` continues a prompt that already names `name`: what it writes are the call's JSON arguments."""
+    text = []
+    try:
+        for chunk in raw:
+            text.append(chunk.text)
+            if chunk.finish_reason:
+                arguments = "".join(text)
+                calls = forced_calls(arguments, name)
+                if calls and chunk.finish_reason != "cancelled":
+                    yield Chunk(finish_reason="tool_calls", tool_calls=calls, stats=chunk.stats)
+                else:  # cut off by max_new_tokens, a stop string or a cancel: show what there is
+                    yield Chunk(text=arguments, finish_reason=chunk.finish_reason, stats=chunk.stats)
+    finally:
+        raw.close()  # type: ignore[attr-defined]
+
+
 class Chat:
     """A conversation: `send` streams like `Model.stream` and records the turn in `messages`."""
 
@@ -336,7 +380,8 @@ class Chat:
         self.trim_history = trim_history
         # Checked now, so a misspelt or out-of-range default fails here rather than at the first send.
         GenerationOptions.of({k: v for k, v in defaults.items() if k in option_names()})
-        unknown = [k for k in defaults if k not in option_names() and k not in ("json_schema", "cancel")]
+        unknown = [k for k in defaults if k not in option_names() and k not in ("tool_choice", "json_schema",
+                                                                                  "cancel")]
         if unknown:
             raise BadParameterError(f"unknown generation option {unknown[0]!r}; known: "
                                     f"{', '.join(option_names())}, json_schema", unknown[0])

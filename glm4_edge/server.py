@@ -26,10 +26,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import glm_format
+from . import glm_format, tool_choice
 from .batching import BatchedModel
 from .errors import BadParameterError, ContextOverflowError, Glm4EdgeError
-from .model import Chunk, GenerationStats, Model, openvino_reason
+from .model import Chunk, GenerationStats, Model, forced_tool_stream, openvino_reason
 from .options import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, check_number, stop_list
 
 DEFAULT_HOST = "127.0.0.1"
@@ -76,7 +76,7 @@ def bad_param(param: str, message: str, code: str = "invalid_value") -> ApiError
 
 
 # Model.stream names options as the Python API does; clients know OpenAI's names.
-_OPENAI_PARAM = {"max_new_tokens": "max_tokens"}
+_OPENAI_PARAM = {"max_new_tokens": "max_tokens", "json_schema": "response_format"}
 
 
 def _from_glm4_edge_error(error: Glm4EdgeError) -> ApiError:
@@ -543,24 +543,13 @@ def parse_chat(body: dict) -> ChatRequest:
 
 def _tool_choice(choice: Any, schemas: list[dict]) -> tuple[list[dict], dict | None]:
     """-> (tools to show the model, the function it must call or None)."""
-    if choice is None or choice == "auto":
-        return schemas, None
-    if choice == "none":
-        return [], None
-    if choice == "required":
-        if len(schemas) != 1:
-            raise bad_param("tool_choice", "tool_choice 'required' needs exactly one tool here; name the "
-                                           "function instead: {\"type\": \"function\", \"function\": "
-                                           "{\"name\": ...}}")
-        return schemas, schemas[0]
-    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
-    if not isinstance(name, str):
+    if isinstance(choice, str) and choice not in tool_choice.CHOICES:  # OpenAI takes no bare function name
         raise bad_param("tool_choice", "tool_choice must be 'none', 'auto', 'required' or "
                                        "{\"type\": \"function\", \"function\": {\"name\": ...}}")
-    for schema in schemas:
-        if schema["name"] == name:
-            return schemas, schema
-    raise bad_param("tool_choice", f"tool_choice names {name!r}, which is not in tools")
+    try:
+        return tool_choice.choose(choice, schemas)
+    except BadParameterError as error:
+        raise bad_param("tool_choice", str(error)) from None
 
 
 def parse_completion(body: dict) -> CompletionRequest:
@@ -595,32 +584,16 @@ def stream_prompt(model: Model, prompt: str, sampling: Sampling, cancel: threadi
                                **sampling.options(max_new_tokens))
 
 
-def _forced_tool_stream(raw: Iterator[Chunk], name: str) -> Iterator[Chunk]:
-    """The prompt already ends in `name\\n`: what the model writes are the call's JSON arguments."""
-    text = []
-    for chunk in raw:
-        text.append(chunk.text)
-        if chunk.finish_reason:
-            arguments = "".join(text)
-            calls = glm_format.parse_tool_calls(f"{name}\n{arguments}", [name])
-            if calls and chunk.finish_reason != "cancelled":
-                yield Chunk(finish_reason="tool_calls", tool_calls=[c.as_dict() for c in calls],
-                            stats=chunk.stats)
-            else:  # cut off by max_tokens or a stop string: show what there is
-                yield Chunk(text=arguments, finish_reason=chunk.finish_reason, stats=chunk.stats)
-
-
 def open_chat(model: Model, request: ChatRequest, cancel: threading.Event) -> Iterator[Chunk]:
     """Validate and tokenize now (errors surface before any response); generation starts on iteration."""
     sampling = request.sampling
     if request.forced_tool is not None:
-        prompt = model.render(request.messages, request.tools)
-        # Replace the reply opener (which may open <think>) by a tool-call turn already naming the function.
-        prompt = prompt[: len(prompt) - len(model.generation_prefix)] + glm_format.ROLE_TAGS["assistant"]
+        # The same prompt and stream as `Model.stream(tool_choice=...)`; only the schema may differ (see parse_chat).
         name = request.forced_tool["name"]
-        schema = json.dumps(request.forced_tool.get("parameters") or {"type": "object"})
-        raw = stream_prompt(model, f"{prompt}{name}\n", sampling, cancel, parse=False, json_schema=schema)
-        return _forced_tool_stream(raw, name)
+        prompt = tool_choice.forced_prompt(model.render(request.messages, request.tools), model.generation_prefix, name)
+        raw = stream_prompt(model, prompt, sampling, cancel, parse=False,
+                            json_schema=tool_choice.arguments_schema(request.forced_tool))
+        return forced_tool_stream(raw, name)
     if request.json_schema is not None:
         prompt = model.render(request.messages, request.tools)
         return stream_prompt(model, prompt, sampling, cancel, parse=True, json_schema=request.json_schema,

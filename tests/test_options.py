@@ -68,6 +68,14 @@ def four_batched(four_token_model):
 
 
 @pytest.fixture(scope="module")
+def tool_pair(tool_model):
+    """The tool-calling checkpoint on one pipeline and on parallel decoding."""
+    batched = load_batched(tool_model)
+    yield glm4_edge.load(tool_model), batched
+    batched.close()
+
+
+@pytest.fixture(scope="module")
 def noisy(tiny_int4):
     return glm4_edge.load(tiny_int4)
 
@@ -161,7 +169,7 @@ def test_sampling_without_a_seed_draws_a_new_one_for_each_answer(noisy, noisy_ba
         assert batch[0].text != first
 
 
-def test_stop_strings_tools_and_json_schema_on_every_python_path(scripted_model, tool_model):
+def test_stop_strings_tools_and_json_schema_on_every_python_path(scripted_model, tool_pair):
     scripted, scripted_batched = glm4_edge.load(scripted_model), load_batched(scripted_model)
     try:
         got = answers(scripted, scripted_batched, **GREEDY, max_new_tokens=64, stop=[" STOP"])
@@ -173,15 +181,46 @@ def test_stop_strings_tools_and_json_schema_on_every_python_path(scripted_model,
         assert [json.loads(text) for text in schema_answers] == [{"a": 42}] * 3
     finally:
         scripted_batched.close()
-    tools, tools_batched = glm4_edge.load(tool_model), load_batched(tool_model)
-    try:
-        got = answers(tools, tools_batched, **GREEDY, tools=[WEATHER])
-        assert got == dict.fromkeys(got, ("", "tool_calls"))
-        call = {"name": "get_weather", "arguments": '{"city": "Beijing"}'}
-        assert tools.generate_batch([HI], tools=[WEATHER], **GREEDY)[0].tool_calls == [call]
-        assert tools_batched.generate(HI, tools=[WEATHER], **GREEDY).tool_calls == [call]
-    finally:
-        tools_batched.close()
+    tools, tools_batched = tool_pair
+    got = answers(tools, tools_batched, **GREEDY, tools=[WEATHER])
+    assert got == dict.fromkeys(got, ("", "tool_calls"))
+    call = {"name": "get_weather", "arguments": '{"city": "Beijing"}'}
+    assert tools.generate_batch([HI], tools=[WEATHER], **GREEDY)[0].tool_calls == [call]
+    assert tools_batched.generate(HI, tools=[WEATHER], **GREEDY).tool_calls == [call]
+
+
+@pytest.mark.parametrize("choice", ["required", "get_weather",
+                                    {"type": "function", "function": {"name": "get_weather"}}])
+def test_tool_choice_forces_the_call_on_every_python_path(tool_pair, choice):
+    tools, tools_batched = tool_pair
+    got = answers(tools, tools_batched, **GREEDY, tools=[WEATHER], tool_choice=choice)
+    assert got == dict.fromkeys(got, ("", "tool_calls"))
+    call = {"name": "get_weather", "arguments": '{"city": "Beijing"}'}
+    replies = [tools.generate(HI, tools=[WEATHER], tool_choice=choice, **GREEDY),
+               *tools.generate_batch([HI], tools=[WEATHER], tool_choice=choice, **GREEDY),
+               tools_batched.generate(HI, tools=[WEATHER], tool_choice=choice, **GREEDY)]
+    assert [json.loads(r.tool_calls[0]["arguments"]) for r in replies] == [{"city": "Beijing"}] * 3
+    assert {r.tool_calls[0]["name"] for r in replies} == {call["name"]}
+
+
+def test_tool_choice_none_hides_the_tools_on_every_python_path(tool_pair):
+    got = answers(*tool_pair, **GREEDY, tools=[WEATHER], tool_choice="none")
+    assert got == dict.fromkeys(got, ('get_weather\n{"city": "Beijing"}', "stop"))  # only text now
+
+
+@pytest.mark.parametrize(("options", "param"), [
+    ({"tool_choice": "get_time"}, "tool_choice"),
+    ({"tool_choice": "bogus"}, "tool_choice"),
+    ({"tool_choice": "required", "json_schema": SCHEMA}, "json_schema"),
+])
+def test_bad_tool_choice_is_refused_by_name_on_every_python_path(tool_pair, options, param):
+    tools, tools_batched = tool_pair
+    for attempt in (lambda: tools.stream(HI, tools=[WEATHER], **options),
+                    lambda: tools.generate_batch([HI], tools=[WEATHER], **options),
+                    lambda: tools_batched.stream(HI, tools=[WEATHER], **options)):
+        with pytest.raises(BadParameterError) as caught:
+            attempt()
+        assert caught.value.param == param
 
 
 @pytest.mark.parametrize(("options", "param"), [
