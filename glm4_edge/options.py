@@ -35,12 +35,17 @@ class Limit:
     high: float
     integer: bool = False
     open_low: bool = False
+    said: str = ""  # how to say the range when the numbers would not help
 
     def words(self) -> str:
+        if self.said:
+            return self.said
         if self.integer and self.high >= 2**31:
             return f"an integer of at least {self.low:g}"
-        low = f"above {self.low:g}" if self.open_low else f"at least {self.low:g}"
-        return f"{'an integer' if self.integer else 'a number'} {low} and at most {self.high:g}"
+        kind = "an integer" if self.integer else "a number"
+        if self.open_low:
+            return f"{kind} above {self.low:g} and at most {self.high:g}"
+        return f"{kind} from {self.low:g} to {self.high:g}"
 
 
 # Ranges follow OpenAI's API where it has the option (temperature, top_p, penalties, seed), so a
@@ -53,7 +58,7 @@ LIMITS: dict[str, Limit] = {
     "repetition_penalty": Limit(0.0, 100.0, open_low=True),
     "presence_penalty": Limit(-2.0, 2.0),
     "frequency_penalty": Limit(-2.0, 2.0),
-    "seed": Limit(-(2**63), 2**64 - 1, integer=True),
+    "seed": Limit(-(2**63), 2**64 - 1, integer=True, said="a 64-bit integer (signed or unsigned)"),
 }
 
 

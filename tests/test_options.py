@@ -104,6 +104,14 @@ def test_finish_reason_comes_from_what_ended_generation(four, four_batched, opti
     assert got == dict.fromkeys(got, (text, reason))
 
 
+@pytest.mark.parametrize("assist", ["draft", "prompt_lookup"])
+def test_finish_reason_with_speculative_decoding(four_token_model, assist):
+    options = {"draft": four_token_model} if assist == "draft" else {"prompt_lookup": True}
+    model = glm4_edge.load(four_token_model, **options)
+    for limit, reason in ((5, "stop"), (4, "length")):
+        assert _joined(model.stream(HI, max_new_tokens=limit, **GREEDY)) == (FOUR_ANSWER, reason), limit
+
+
 @pytest.fixture(scope="module", params=ENGINES)
 def four_server(request, four_token_model, tmp_path_factory):
     args = ["--max-concurrency", "2"] if request.param == "continuous batching" else []
