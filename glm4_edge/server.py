@@ -536,8 +536,12 @@ def parse_chat(body: dict) -> ChatRequest:
             # Parameters grammar-constrained decoding cannot honour: still force a JSON object.
             forced = {**forced, "parameters": {"type": "object"}}
     stream, include_usage = _stream_flags(body)
+    json_schema = _json_schema(body)
+    if forced is not None and json_schema is not None:  # as Model.stream refuses json_schema with it
+        raise bad_param("response_format", "response_format cannot go with a tool_choice that forces a call: the "
+                                           "call's arguments follow the tool's parameters schema")
     return ChatRequest(model=_model_field(body), sampling=parse_sampling(body), stream=stream,
-                       include_usage=include_usage, json_schema=_json_schema(body), messages=checked,
+                       include_usage=include_usage, json_schema=json_schema, messages=checked,
                        tools=schemas, forced_tool=forced)
 
 

@@ -294,6 +294,8 @@ def test_server_options_mean_what_they_mean_to_the_python_api(noisy_server, nois
     ("/v1/chat/completions", {"messages": HI, "top_k": -1}, "top_k"),
     ("/v1/chat/completions", {"messages": HI, "temperature": 2.5}, "temperature"),
     ("/v1/chat/completions", {"messages": HI, "stop": ["x"] * 17}, "stop"),
+    ("/v1/chat/completions", {"messages": HI, "tools": [WEATHER], "tool_choice": "required",
+                              "response_format": {"type": "json_object"}}, "response_format"),
 ])
 def test_server_refuses_what_it_cannot_honour_by_name(noisy_server, path, body, param):
     with noisy_server.http() as http:
