@@ -26,7 +26,17 @@ from typing import Any
 
 from . import glm_format
 from .errors import Glm4EdgeError
-from .model import DEFAULT_DEVICE, Chunk, Model, finish_reason, model_facts, open_pipeline, openvino_reason, plan_load
+from .model import (
+    BATCH_CANNOT_HONOUR,
+    DEFAULT_DEVICE,
+    Chunk,
+    Model,
+    model_facts,
+    open_pipeline,
+    openvino_reason,
+    plan_load,
+)
+from .options import GenerationOptions, finish_reason, pipeline_reason, refuse
 
 BATCHING_DEVICES = ("CPU", "GPU")
 ENGINE_IDLE_WAIT_S = 1.0  # the engine thread sleeps on a condition; this only bounds a missed wake-up
@@ -87,6 +97,8 @@ class _Done:
     perf_metrics: Any = None
     cancelled: bool = False
     error: BaseException | None = None
+    ended: str | None = None  # the pipeline's finish reason: "stop" | "length" | None
+    last_token: int | None = None
 
 
 @dataclass
@@ -100,6 +112,8 @@ class _Request:
     handle: Any = None
     decoder: IncrementalDecoder | None = None
     stopping: bool = False
+    ended: str | None = None
+    last_token: int | None = None
 
 
 class BatchingEngine:
@@ -207,7 +221,10 @@ class BatchingEngine:
             try:
                 if handle.can_read():
                     for output in handle.read().values():
-                        text = request.decoder.write(list(output.generated_ids))
+                        ids = list(output.generated_ids)
+                        request.ended = pipeline_reason(output.finish_reason) or request.ended
+                        request.last_token = ids[-1] if ids else request.last_token
+                        text = request.decoder.write(ids)
                         if text:
                             request.pieces.put(text)
                 if handle.get_status() != self._running_status:
@@ -225,7 +242,8 @@ class BatchingEngine:
                 if tail:
                     request.pieces.put(tail)
             request.pieces.put(_Done(perf_metrics=request.handle.get_perf_metrics(),
-                                     cancelled=request.cancel.is_set()))
+                                     cancelled=request.cancel.is_set(), ended=request.ended,
+                                     last_token=request.last_token))
 
 
 class _PipelineView:
@@ -251,13 +269,15 @@ class BatchedModel(Model):
         super().__init__(*args)
         self.engine = engine
 
-    def generate_batch(self, conversations, **options):  # noqa: D102
+    def generate_batch(self, conversations, *, cancel: threading.Event | None = None, **options):  # noqa: D102
+        GenerationOptions.of({k: v for k, v in options.items() if k not in ("tools", "tool_choice", "json_schema")})
+        refuse("generate_batch", BATCH_CANNOT_HONOUR, {"cancel": cancel})
         return [self.generate(messages, **options) for messages in conversations]
 
-    def _stream(self, inputs, prompt_tokens: int, config, stops: list[str], tool_names: list[str],
+    def _stream(self, inputs, prompt_tokens: int, config, options: GenerationOptions, tool_names: list[str],
                 cancel: threading.Event | None, parse: bool = True) -> Iterator[Chunk]:
         """`Model._stream`, but fed by the engine; parse=False gives the raw text (completions)."""
-        matcher = glm_format.StopMatcher(stops)
+        matcher = glm_format.StopMatcher(options.stop)
         parser = glm_format.ReplyParser(tool_names=tool_names, in_reasoning=self.starts_in_reasoning)
         started = time.perf_counter()
         request = self.engine.submit(inputs.input_ids, config, cancel)
@@ -294,7 +314,9 @@ class BatchedModel(Model):
             tail = parser.feed(tail_text)
             rest, calls = parser.finish()
             tail = glm_format.ParsedPiece(tail.text + rest.text, tail.reasoning + rest.reasoning)
-        reason = finish_reason(done.cancelled, bool(calls), matcher.stopped, stats, config)
+        reason = finish_reason(cancelled=done.cancelled, tool_calls=bool(calls), stop_string=matcher.stopped,
+                               ended=done.ended, last_token=done.last_token, stop_token_ids=self.stop_token_ids,
+                               generated=stats.generated_tokens, max_new_tokens=options.max_new_tokens)
         yield Chunk(text=tail.text, reasoning=tail.reasoning, finish_reason=reason,
                     tool_calls=[c.as_dict() for c in calls] or None, stats=stats)
 

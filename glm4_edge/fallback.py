@@ -144,7 +144,8 @@ def attach(model: Model, shape: StaticShape, fallback_device: str | None = DEFAU
 
 
 def routes_static_shape(method: Callable[..., Iterator[Chunk]]) -> Callable[..., Iterator[Chunk]]:
-    """Decorates `Model.stream_prompt`: a request over the model's static shape goes to its fallback.
+    """Decorates `Model._stream_checked`, which every streaming path goes through: a request over the
+    model's static shape goes to its fallback.
 
     The check runs when the stream is opened, before any token, so a request that cannot run is an
     error before a server sends its response headers, never a broken or truncated answer.
@@ -158,9 +159,8 @@ def routes_static_shape(method: Callable[..., Iterator[Chunk]]) -> Callable[...,
             return method(self, *args, **kwargs)
         bound = signature.bind(self, *args, **kwargs)
         bound.apply_defaults()
-        prompt, max_new_tokens = bound.arguments["prompt"], bound.arguments["max_new_tokens"]
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:  # a bad value the method itself refuses
-            return method(self, *args, **kwargs)
+        # Options arrive checked (GenerationOptions), so max_new_tokens is a positive int here.
+        prompt, max_new_tokens = bound.arguments["prompt"], bound.arguments["options"].max_new_tokens
         prompt_tokens = self.count_tokens(prompt)
         reason = shape.misfit(prompt_tokens, max_new_tokens)
         if reason is None:

@@ -19,18 +19,25 @@ from . import device_bench, devices, glm_format, integrity, prompting, store
 from . import fallback as npu_fallback
 from .errors import BadParameterError, ContextOverflowError, Glm4EdgeError, ModelFormatError
 from .manifest import Manifest, read_manifest
+from .options import (  # noqa: F401 - the DEFAULT_* names are re-exported for the faces
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+    FINISH_REASONS,
+    GenerationOptions,
+    finish_reason,
+    option_names,
+    pipeline_reason,
+    refuse,
+)
 from .streaming import CallbackStream
+from .tool_choice import arguments_schema, choose, forced_calls, forced_prompt
 
-DEFAULT_MAX_NEW_TOKENS = 512
-DEFAULT_TEMPERATURE = 0.7
-DEFAULT_TOP_P = 0.8
 DEFAULT_DEVICE = "CPU"
 DEFAULT_CONTEXT = 8192
-# Tokens proposed per step by a draft model or prompt lookup, and the n-gram prompt lookup matches.
-DEFAULT_ASSISTANT_TOKENS = 5
-DEFAULT_LOOKUP_NGRAM = 3
 REQUIRED_FILES = ("openvino_model.xml", "openvino_tokenizer.xml", "openvino_detokenizer.xml")
-FINISH_REASONS = ("stop", "length", "tool_calls", "cancelled")
+# What `generate_batch` cannot do, and what to do instead: refused by name, never ignored.
+BATCH_CANNOT_HONOUR = {"cancel": "a batch answers all at once; stream one conversation to cancel it"}
 
 
 def peak_rss_bytes() -> int:
@@ -178,52 +185,53 @@ class Model:
 
     # --- generation -------------------------------------------------------------------------------
 
-    def stream(self, messages: str | Sequence[dict], *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-               temperature: float = DEFAULT_TEMPERATURE, top_p: float = DEFAULT_TOP_P, top_k: int = 0,
-               repetition_penalty: float = 1.0, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
-               seed: int | None = None, stop: str | Sequence[str] | None = None, ignore_eos: bool = False,
-               tools: Sequence[dict] | None = None, cancel: threading.Event | None = None) -> Iterator[Chunk]:
+    def stream(self, messages: str | Sequence[dict], *, tools: Sequence[dict] | None = None,
+               tool_choice: Any = None, json_schema: str | None = None, cancel: threading.Event | None = None,
+               **options: Any) -> Iterator[Chunk]:
         """Stream the answer to `messages` as `Chunk`s; the last one has finish_reason and stats.
 
-        Breaking out of the loop (or `close()`) stops generation within a token. Setting `cancel`
-        from another thread ends the stream with finish_reason "cancelled".
+        `options` are `GenerationOptions` fields (max_new_tokens, temperature, top_p, top_k,
+        repetition_penalty, presence_penalty, frequency_penalty, seed, stop, ignore_eos); an unknown
+        or out-of-range one raises BadParameterError naming it. `tools` are OpenAI function
+        schemas; `tool_choice` is OpenAI's ("auto", "none", "required", or a function to call,
+        by name or {"type": "function", "function": {"name": ...}}); `json_schema` (JSON text)
+        constrains the answer through openvino-genai's structured output. Breaking out of the loop
+        (or `close()`) stops generation within a token. Setting `cancel` from another thread ends
+        the stream with finish_reason "cancelled".
         """
-        schemas = glm_format.tool_schemas(tools)
-        return self.stream_prompt(
-            self.render(messages, schemas), tool_names=[s["name"] for s in schemas], max_new_tokens=max_new_tokens,
-            temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
-            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, seed=seed, stop=stop,
-            ignore_eos=ignore_eos, cancel=cancel)
+        checked = GenerationOptions.of(options)
+        shown, forced = _tool_plan(tools, tool_choice, json_schema)
+        prompt = self.render(messages, shown)
+        if forced is not None:
+            raw = self._stream_checked(forced_prompt(prompt, self.generation_prefix, forced["name"]), checked,
+                                       parse=False, json_schema=arguments_schema(forced), cancel=cancel)
+            return forced_tool_stream(raw, forced["name"])
+        return self._stream_checked(prompt, checked, tool_names=[s["name"] for s in shown], json_schema=json_schema,
+                                    cancel=cancel)
+
+    def stream_prompt(self, prompt: str, *, parse: bool = True, tool_names: Sequence[str] = (),
+                      json_schema: str | None = None, cancel: threading.Event | None = None,
+                      **options: Any) -> Iterator[Chunk]:
+        """`stream` for a prompt already rendered. parse=False yields the model's raw text (completions)."""
+        return self._stream_checked(prompt, GenerationOptions.of(options), parse=parse, tool_names=tool_names,
+                                    json_schema=json_schema, cancel=cancel)
 
     @npu_fallback.routes_static_shape
-    def stream_prompt(self, prompt: str, *, parse: bool = True, tool_names: Sequence[str] = (),
-                      json_schema: str | None = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                      temperature: float = DEFAULT_TEMPERATURE, top_p: float = DEFAULT_TOP_P, top_k: int = 0,
-                      repetition_penalty: float = 1.0, presence_penalty: float = 0.0,
-                      frequency_penalty: float = 0.0, seed: int | None = None,
-                      stop: str | Sequence[str] | None = None, ignore_eos: bool = False,
-                      cancel: threading.Event | None = None) -> Iterator[Chunk]:
-        """`stream` for a prompt already rendered. parse=False yields the model's raw text (completions);
-        `json_schema` constrains the output through openvino-genai's structured output."""
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
+    def _stream_checked(self, prompt: str, options: GenerationOptions, *, parse: bool = True,
+                        tool_names: Sequence[str] = (), json_schema: str | None = None,
+                        cancel: threading.Event | None = None) -> Iterator[Chunk]:
         ids = self.encode(prompt)
         inputs = prompting.token_inputs([ids])
         prompt_tokens = len(ids)
-        if max_new_tokens < 1:
-            raise BadParameterError(f"max_new_tokens must be at least 1, got {max_new_tokens}", "max_new_tokens")
+        max_new_tokens = options.max_new_tokens
         if self.context_length and prompt_tokens + max_new_tokens > self.context_length:
             raise ContextOverflowError(prompt_tokens, max_new_tokens, self.context_length)
-        config = self._generation_config(max_new_tokens, temperature, top_p, top_k, repetition_penalty,
-                                         presence_penalty, frequency_penalty, seed, ignore_eos)
-        if json_schema is not None:
-            import openvino_genai
+        config = self._generation_config(options, json_schema)
+        return self._stream(inputs, prompt_tokens, config, options, list(tool_names), cancel, parse=parse)
 
-            config.structured_output_config = openvino_genai.StructuredOutputConfig(json_schema=json_schema)
-        return self._stream(inputs, prompt_tokens, config, stops, list(tool_names), cancel, parse=parse)
-
-    def _stream(self, inputs, prompt_tokens: int, config, stops: list[str], tool_names: list[str],
+    def _stream(self, inputs, prompt_tokens: int, config, options: GenerationOptions, tool_names: list[str],
                 cancel: threading.Event | None, parse: bool = True) -> Iterator[Chunk]:
-        matcher = glm_format.StopMatcher(stops)
+        matcher = glm_format.StopMatcher(options.stop)
         parser = glm_format.ReplyParser(tool_names=tool_names, in_reasoning=self.starts_in_reasoning)
         with self._lock:
             started = time.perf_counter()
@@ -245,8 +253,14 @@ class Model:
                 rest, calls = parser.finish()
             else:
                 tail, rest, calls = glm_format.ParsedPiece(text=tail_text), glm_format.ParsedPiece(), []
-            stats = self._stats(stream.outcome.result, prompt_tokens, time.perf_counter() - started)
-            reason = finish_reason(stream.outcome.cancelled, bool(calls), matcher.stopped, stats, config)
+            result = stream.outcome.result
+            stats = self._stats(result, prompt_tokens, time.perf_counter() - started)
+            tokens = list(result.tokens[0]) if result is not None and len(result.tokens) else []
+            reasons = list(result.finish_reasons) if result is not None else []
+            reason = finish_reason(cancelled=stream.outcome.cancelled, tool_calls=bool(calls),
+                                   stop_string=matcher.stopped, ended=pipeline_reason(reasons[0]) if reasons else None,
+                                   last_token=tokens[-1] if tokens else None, stop_token_ids=self.stop_token_ids,
+                                   generated=stats.generated_tokens, max_new_tokens=options.max_new_tokens)
             yield Chunk(text=tail.text + rest.text, reasoning=tail.reasoning + rest.reasoning,
                         finish_reason=reason, tool_calls=[c.as_dict() for c in calls] or None, stats=stats)
 
@@ -260,19 +274,29 @@ class Model:
                 reason, stats, calls = chunk.finish_reason, chunk.stats or stats, chunk.tool_calls or []
         return Reply("".join(text), "".join(reasoning), calls, reason, stats)
 
-    def generate_batch(self, conversations: Sequence[str | Sequence[dict]], *,
-                       max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = DEFAULT_TEMPERATURE,
-                       top_p: float = DEFAULT_TOP_P, repetition_penalty: float = 1.0, seed: int | None = None,
-                       tools: Sequence[dict] | None = None) -> list[Reply]:
-        """Answer several conversations in one batched `generate` call (no streaming)."""
-        schemas = glm_format.tool_schemas(tools)
-        encoded = [self.encode(self.render(messages, schemas)) for messages in conversations]
+    def generate_batch(self, conversations: Sequence[str | Sequence[dict]], *, tools: Sequence[dict] | None = None,
+                       tool_choice: Any = None, json_schema: str | None = None,
+                       cancel: threading.Event | None = None, **options: Any) -> list[Reply]:
+        """Answer several conversations in one batched `generate` call (no streaming).
+
+        Takes `stream`'s options with the same meaning; stop strings end each answer in the
+        pipeline and are cut from its text. `cancel` is refused (BadParameterError): a batch
+        cannot stop part-way.
+        """
+        checked = GenerationOptions.of(options)
+        refuse("generate_batch", BATCH_CANNOT_HONOUR, {"cancel": cancel})
+        schemas, forced = _tool_plan(tools, tool_choice, json_schema)
+        prompts = [self.render(messages, schemas) for messages in conversations]
+        if forced is not None:
+            prompts = [forced_prompt(prompt, self.generation_prefix, forced["name"]) for prompt in prompts]
+            json_schema = arguments_schema(forced)
+        encoded = [self.encode(prompt) for prompt in prompts]
         lengths = [len(ids) for ids in encoded]
+        max_new_tokens = checked.max_new_tokens
         for length in lengths:
             if self.context_length and length + max_new_tokens > self.context_length:
                 raise ContextOverflowError(length, max_new_tokens, self.context_length)
-        config = self._generation_config(max_new_tokens, temperature, top_p, 0, repetition_penalty, 0.0, 0.0,
-                                         seed, False)
+        config = self._generation_config(checked, json_schema, native_stop=True)
         inputs = prompting.token_inputs(encoded, self.tokenizer.get_pad_token_id())
         started = time.perf_counter()
         with self._lock:
@@ -280,17 +304,29 @@ class Model:
         elapsed = time.perf_counter() - started
         replies = []
         names = [s["name"] for s in schemas]
-        for tokens, prompt_tokens in zip(result.tokens, lengths, strict=True):
-            parser = glm_format.ReplyParser(tool_names=names, in_reasoning=self.starts_in_reasoning)
-            piece = parser.feed(self.tokenizer.decode(tokens, skip_special_tokens=True))
-            rest, calls = parser.finish()
+        reasons = list(result.finish_reasons)
+        for index, (tokens, prompt_tokens) in enumerate(zip(result.tokens, lengths, strict=True)):
+            tokens = list(tokens)
+            matcher = glm_format.StopMatcher(checked.stop)
+            visible = matcher.feed(self.tokenizer.decode(tokens, skip_special_tokens=True))
+            visible += "" if matcher.stopped else matcher.flush()
+            if forced is not None:  # the model wrote the arguments of the call its prompt began
+                call_list = forced_calls(visible, forced["name"])
+                text, reasoning = ("", "") if call_list else (visible, "")
+            else:
+                parser = glm_format.ReplyParser(tool_names=names, in_reasoning=self.starts_in_reasoning)
+                piece = parser.feed(visible)
+                rest, calls = parser.finish()
+                text, reasoning = piece.text + rest.text, piece.reasoning + rest.reasoning
+                call_list = [c.as_dict() for c in calls]
             stats = GenerationStats(prompt_tokens=prompt_tokens, generated_tokens=len(tokens), total_s=elapsed,
                                     device=self.device, load_s=self.load_s)
-            stop_hit = any(t in self.stop_token_ids for t in tokens[-1:])
-            reason = "tool_calls" if calls else ("length" if len(tokens) >= max_new_tokens and not stop_hit
-                                                 else "stop")
-            replies.append(Reply(piece.text + rest.text, piece.reasoning + rest.reasoning,
-                                 [c.as_dict() for c in calls], reason, stats))
+            ended = pipeline_reason(reasons[index]) if index < len(reasons) else None
+            reason = finish_reason(cancelled=False, tool_calls=bool(call_list), stop_string=matcher.stopped,
+                                   ended=ended, last_token=tokens[-1] if tokens else None,
+                                   stop_token_ids=self.stop_token_ids, generated=len(tokens),
+                                   max_new_tokens=max_new_tokens)
+            replies.append(Reply(text, reasoning, call_list, reason, stats))
         return replies
 
     def chat(self, system: str | None = None, *, tools: Sequence[dict] | None = None,
@@ -304,39 +340,10 @@ class Model:
 
     # --- helpers ----------------------------------------------------------------------------------
 
-    def _generation_config(self, max_new_tokens, temperature, top_p, top_k, repetition_penalty,
-                           presence_penalty, frequency_penalty, seed, ignore_eos):
-        for name, value, low, high in (("temperature", temperature, 0.0, 100.0), ("top_p", top_p, 0.0, 1.0),
-                                       ("repetition_penalty", repetition_penalty, 0.0, 100.0),
-                                       ("presence_penalty", presence_penalty, -2.0, 2.0),
-                                       ("frequency_penalty", frequency_penalty, -2.0, 2.0)):
-            if not isinstance(value, (int, float)) or not low <= value <= high or (name == "top_p" and value == 0):
-                raise BadParameterError(f"{name} must be in [{low}, {high}]" + (" and above 0" if name == "top_p"
-                                                                                  else "") + f", got {value}", name)
-        if repetition_penalty == 0:
-            raise BadParameterError("repetition_penalty must be above 0", "repetition_penalty")
-        config = self.pipeline.get_generation_config()
-        config.max_new_tokens = int(max_new_tokens)
-        config.stop_token_ids = set(self.stop_token_ids)
-        config.ignore_eos = bool(ignore_eos)
-        config.repetition_penalty = float(repetition_penalty)
-        config.presence_penalty = float(presence_penalty)
-        config.frequency_penalty = float(frequency_penalty)
-        config.apply_chat_template = False
-        if self.assisted:  # speculative decoding or prompt lookup must be told how far to guess
-            config.num_assistant_tokens = DEFAULT_ASSISTANT_TOKENS
-            if self.assisted == "prompt_lookup":
-                config.max_ngram_size = DEFAULT_LOOKUP_NGRAM
-        if temperature == 0:
-            config.do_sample = False
-        else:
-            config.do_sample = True
-            config.temperature = float(temperature)
-            config.top_p = float(top_p)
-            config.top_k = int(top_k) if top_k else 0
-            if seed is not None:
-                config.rng_seed = int(seed)
-        return config
+    def _generation_config(self, options: GenerationOptions, json_schema: str | None = None,
+                           native_stop: bool = False):
+        return options.generation_config(self.pipeline.get_generation_config(), self.stop_token_ids,
+                                         assisted=self.assisted, json_schema=json_schema, native_stop=native_stop)
 
     def _stats(self, result, prompt_tokens: int, total_s: float) -> GenerationStats:
         stats = GenerationStats(prompt_tokens=prompt_tokens, total_s=total_s, load_s=self.load_s,
@@ -356,14 +363,31 @@ class Model:
         return stats
 
 
-def finish_reason(cancelled: bool, tool_calls: bool, stop_string: bool, stats: GenerationStats, config) -> str:
-    if cancelled:
-        return "cancelled"
-    if tool_calls:
-        return "tool_calls"
-    if not stop_string and stats.generated_tokens >= config.max_new_tokens:
-        return "length"
-    return "stop"
+def _tool_plan(tools: Sequence[dict] | None, tool_choice: Any,
+               json_schema: str | None) -> tuple[list[dict], dict | None]:
+    """(function schemas to show, the one the model must call or None); see `tool_choice.choose`."""
+    shown, forced = choose(tool_choice, glm_format.tool_schemas(tools))
+    if forced is not None and json_schema is not None:
+        raise BadParameterError("json_schema cannot go with a tool_choice that forces a call: the call's arguments "
+                                "follow the tool's parameters schema", "json_schema")
+    return shown, forced
+
+
+def forced_tool_stream(raw: Iterator[Chunk], name: str) -> Iterator[Chunk]:
+    """`raw` continues a prompt that already names `name`: what it writes are the call's JSON arguments."""
+    text = []
+    try:
+        for chunk in raw:
+            text.append(chunk.text)
+            if chunk.finish_reason:
+                arguments = "".join(text)
+                calls = forced_calls(arguments, name)
+                if calls and chunk.finish_reason != "cancelled":
+                    yield Chunk(finish_reason="tool_calls", tool_calls=calls, stats=chunk.stats)
+                else:  # cut off by max_new_tokens, a stop string or a cancel: show what there is
+                    yield Chunk(text=arguments, finish_reason=chunk.finish_reason, stats=chunk.stats)
+    finally:
+        raw.close()  # type: ignore[attr-defined]
 
 
 class Chat:
@@ -375,6 +399,13 @@ class Chat:
         self.system = system
         self.tools = list(tools or [])
         self.trim_history = trim_history
+        # Checked now, so a misspelt or out-of-range default fails here rather than at the first send.
+        GenerationOptions.of({k: v for k, v in defaults.items() if k in option_names()})
+        unknown = [k for k in defaults if k not in option_names() and k not in ("tool_choice", "json_schema",
+                                                                                  "cancel")]
+        if unknown:
+            raise BadParameterError(f"unknown generation option {unknown[0]!r}; known: "
+                                    f"{', '.join(option_names())}, json_schema", unknown[0])
         self.defaults = defaults
         self.messages: list[dict[str, Any]] = []
         self.last_stats: GenerationStats | None = None

@@ -26,19 +26,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import glm_format
+from . import glm_format, tool_choice
 from .batching import BatchedModel
 from .errors import BadParameterError, ContextOverflowError, Glm4EdgeError
 from .fallback import StaticShapeError
-from .model import (
-    DEFAULT_MAX_NEW_TOKENS,
-    DEFAULT_TEMPERATURE,
-    DEFAULT_TOP_P,
-    Chunk,
-    GenerationStats,
-    Model,
-    openvino_reason,
-)
+from .model import Chunk, GenerationStats, Model, forced_tool_stream, openvino_reason
+from .options import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, check_number, stop_list
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -46,7 +39,6 @@ DEFAULT_MAX_CONCURRENCY = 1  # LLMPipeline decodes one request at a time; `serve
 DEFAULT_MAX_BODY_BYTES = 8 * 2**20  # ~2M tokens of text: far beyond any context, small enough to buffer
 API_KEY_ENV = "GLM4_EDGE_API_KEY"
 SHUTDOWN_GRACE_S = 5
-MAX_STOP_STRINGS = 16
 OWNER = "glm4-edge"
 # A child of uvicorn's logger: our lines share its handler, format and --log-level.
 LOG = logging.getLogger("uvicorn.error.glm4_edge")
@@ -55,8 +47,13 @@ TTFT_BUCKETS_S = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TOKENS_PER_S_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 QUEUE_WAIT_BUCKETS_S = (0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0)
 
-# Fields that change the answer but have no GLM-4/OpenVINO equivalent: refused, never ignored.
-UNSUPPORTED_WHEN_SET = ("logit_bias", "logprobs", "top_logprobs", "audio", "prediction", "echo", "suffix")
+# Fields that change the answer but have no GLM-4/OpenVINO equivalent here: refused, never ignored.
+# The second line are vLLM's sampling extensions, which clients of local servers often send.
+UNSUPPORTED_WHEN_SET = ("logit_bias", "logprobs", "top_logprobs", "audio", "prediction", "echo", "suffix",
+                        "min_p", "min_tokens", "stop_token_ids", "include_stop_str_in_output", "use_beam_search",
+                        "length_penalty", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
+# Chat-only fields a raw completion cannot honour.
+CHAT_ONLY = ("messages", "tools", "tool_choice", "parallel_tool_calls")
 
 
 # --- errors ------------------------------------------------------------------------------------------
@@ -80,7 +77,7 @@ def bad_param(param: str, message: str, code: str = "invalid_value") -> ApiError
 
 
 # Model.stream names options as the Python API does; clients know OpenAI's names.
-_OPENAI_PARAM = {"max_new_tokens": "max_tokens"}
+_OPENAI_PARAM = {"max_new_tokens": "max_tokens", "json_schema": "response_format"}
 
 
 def _from_glm4_edge_error(error: Glm4EdgeError) -> ApiError:
@@ -247,17 +244,21 @@ class CompletionRequest(GenerationRequest):
     prompt: str = ""
 
 
-def _number(body: dict, name: str, default: Any, low: float, high: float, integer: bool = False) -> Any:
+def _number(body: dict, name: str, default: Any, option: str | None = None) -> Any:
+    """body[name], in the range `glm4_edge.options.LIMITS` gives `option` (default: `name`) on every path."""
     value = body.get(name)
     if value is None:
         return default
+    option = option or name
+    integer = option in ("max_new_tokens", "top_k", "seed")
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
         raise bad_param(name, f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}",
                         "invalid_type")
-    if not low <= value <= high:
-        raise bad_param(name, f"{name} must be between {low:g} and {high:g}, got {value!r}")
-    return value
+    try:
+        return check_number(option, value, shown=name)
+    except BadParameterError as error:
+        raise bad_param(name, str(error)) from None
 
 
 def _flag(body: dict, name: str) -> bool:
@@ -277,37 +278,27 @@ def parse_sampling(body: dict) -> Sampling:
     for name in ("n", "best_of"):  # one choice per request: the pipeline decodes one sequence
         if body.get(name) not in (None, 1):
             raise bad_param(name, f"only {name}=1 is supported, got {body[name]!r}", "unsupported_value")
-    max_tokens = _number(body, "max_tokens", None, 1, 2**31, integer=True)
-    max_tokens = _number(body, "max_completion_tokens", max_tokens, 1, 2**31, integer=True)
-    top_p = _number(body, "top_p", DEFAULT_TOP_P, 0.0, 1.0)
-    if top_p == 0:
-        raise bad_param("top_p", "top_p must be above 0")
+    max_tokens = _number(body, "max_tokens", None, "max_new_tokens")
+    max_tokens = _number(body, "max_completion_tokens", max_tokens, "max_new_tokens")
     stop = body.get("stop")
-    if stop is None:
-        stop = []
-    elif isinstance(stop, str):
-        stop = [stop]
-    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+    if stop is not None and not isinstance(stop, (str, list)):
         raise bad_param("stop", "stop must be a string or a list of strings", "invalid_type")
-    if len(stop) > MAX_STOP_STRINGS:
-        raise bad_param("stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(stop)}")
+    try:
+        stops = list(stop_list(stop))
+    except BadParameterError as error:
+        raise bad_param("stop", str(error), "invalid_value" if "at most" in str(error) else "invalid_type") from None
     return Sampling(
         max_tokens=max_tokens,
-        temperature=float(_number(body, "temperature", DEFAULT_TEMPERATURE, 0.0, 2.0)),
-        top_p=float(top_p),
-        top_k=_number(body, "top_k", 0, 0, 2**31, integer=True),  # vLLM-style extension
-        repetition_penalty=float(_number(body, "repetition_penalty", 1.0, 0.01, 100.0)),
-        presence_penalty=float(_number(body, "presence_penalty", 0.0, -2.0, 2.0)),
-        frequency_penalty=float(_number(body, "frequency_penalty", 0.0, -2.0, 2.0)),
-        seed=_seed(body),
-        stop=[s for s in stop if s],
+        temperature=float(_number(body, "temperature", DEFAULT_TEMPERATURE)),
+        top_p=float(_number(body, "top_p", DEFAULT_TOP_P)),
+        top_k=_number(body, "top_k", 0),  # vLLM-style extension
+        repetition_penalty=float(_number(body, "repetition_penalty", 1.0)),
+        presence_penalty=float(_number(body, "presence_penalty", 0.0)),
+        frequency_penalty=float(_number(body, "frequency_penalty", 0.0)),
+        seed=_number(body, "seed", None),  # signed, as OpenAI's; GenerationOptions maps it onto rng_seed
+        stop=stops,
         ignore_eos=_flag(body, "ignore_eos"),
     )
-
-
-def _seed(body: dict) -> int | None:
-    seed = _number(body, "seed", None, -(2**63), 2**64 - 1, integer=True)
-    return None if seed is None else seed % 2**64  # OpenAI seeds are signed, OpenVINO's rng_seed is not
 
 
 def _json_schema(body: dict) -> str | None:
@@ -552,34 +543,30 @@ def parse_chat(body: dict) -> ChatRequest:
             # Parameters grammar-constrained decoding cannot honour: still force a JSON object.
             forced = {**forced, "parameters": {"type": "object"}}
     stream, include_usage = _stream_flags(body)
+    json_schema = _json_schema(body)
+    if forced is not None and json_schema is not None:  # as Model.stream refuses json_schema with it
+        raise bad_param("response_format", "response_format cannot go with a tool_choice that forces a call: the "
+                                           "call's arguments follow the tool's parameters schema")
     return ChatRequest(model=_model_field(body), sampling=parse_sampling(body), stream=stream,
-                       include_usage=include_usage, json_schema=_json_schema(body), messages=checked,
+                       include_usage=include_usage, json_schema=json_schema, messages=checked,
                        tools=schemas, forced_tool=forced)
 
 
 def _tool_choice(choice: Any, schemas: list[dict]) -> tuple[list[dict], dict | None]:
     """-> (tools to show the model, the function it must call or None)."""
-    if choice is None or choice == "auto":
-        return schemas, None
-    if choice == "none":
-        return [], None
-    if choice == "required":
-        if len(schemas) != 1:
-            raise bad_param("tool_choice", "tool_choice 'required' needs exactly one tool here; name the "
-                                           "function instead: {\"type\": \"function\", \"function\": "
-                                           "{\"name\": ...}}")
-        return schemas, schemas[0]
-    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
-    if not isinstance(name, str):
+    if isinstance(choice, str) and choice not in tool_choice.CHOICES:  # OpenAI takes no bare function name
         raise bad_param("tool_choice", "tool_choice must be 'none', 'auto', 'required' or "
                                        "{\"type\": \"function\", \"function\": {\"name\": ...}}")
-    for schema in schemas:
-        if schema["name"] == name:
-            return schemas, schema
-    raise bad_param("tool_choice", f"tool_choice names {name!r}, which is not in tools")
+    try:
+        return tool_choice.choose(choice, schemas)
+    except BadParameterError as error:
+        raise bad_param("tool_choice", str(error)) from None
 
 
 def parse_completion(body: dict) -> CompletionRequest:
+    for name in CHAT_ONLY:
+        if body.get(name) is not None:
+            raise bad_param(name, f"{name} is a chat field; send it to /v1/chat/completions", "unsupported_parameter")
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
@@ -611,33 +598,16 @@ def stream_prompt(model: Model, prompt: str, sampling: Sampling, cancel: threadi
                                **sampling.options(max_new_tokens))
 
 
-def _forced_tool_stream(raw: Iterator[Chunk], name: str) -> Iterator[Chunk]:
-    """The prompt already ends in `name\\n`: what the model writes are the call's JSON arguments."""
-    text = []
-    for chunk in raw:
-        text.append(chunk.text)
-        if chunk.finish_reason:
-            arguments = "".join(text)
-            calls = glm_format.parse_tool_calls(f"{name}\n{arguments}", [name])
-            if calls and chunk.finish_reason != "cancelled":
-                yield Chunk(finish_reason="tool_calls", tool_calls=[c.as_dict() for c in calls],
-                            stats=chunk.stats)
-            else:  # cut off by max_tokens or a stop string: show what there is
-                yield Chunk(text=arguments, finish_reason=chunk.finish_reason, stats=chunk.stats)
-
-
 def open_chat(model: Model, request: ChatRequest, cancel: threading.Event) -> Iterator[Chunk]:
     """Validate and tokenize now (errors surface before any response); generation starts on iteration."""
     sampling = request.sampling
     if request.forced_tool is not None:
+        # The same prompt and stream as `Model.stream(tool_choice=...)`; only the schema may differ (see parse_chat).
         name = request.forced_tool["name"]
-        # Replace the reply opener (which may open <think>) by a tool-call turn already naming the function;
-        # the name is the client's text, so it stays text.
-        prompt = model.render(request.messages, request.tools).replace_reply_opener(
-            model.generation_prefix, (glm_format.ROLE_TAGS["assistant"], False), (name, True), ("\n", False))
-        schema = json.dumps(request.forced_tool.get("parameters") or {"type": "object"})
-        raw = stream_prompt(model, prompt, sampling, cancel, parse=False, json_schema=schema)
-        return _forced_tool_stream(raw, name)
+        prompt = tool_choice.forced_prompt(model.render(request.messages, request.tools), model.generation_prefix, name)
+        raw = stream_prompt(model, prompt, sampling, cancel, parse=False,
+                            json_schema=tool_choice.arguments_schema(request.forced_tool))
+        return forced_tool_stream(raw, name)
     if request.json_schema is not None:
         prompt = model.render(request.messages, request.tools)
         return stream_prompt(model, prompt, sampling, cancel, parse=True, json_schema=request.json_schema,

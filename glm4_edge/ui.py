@@ -19,7 +19,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,15 +27,8 @@ from typing import Any
 import gradio as gr
 
 from .errors import ContextOverflowError, Glm4EdgeError
-from .model import (
-    DEFAULT_MAX_NEW_TOKENS,
-    DEFAULT_TEMPERATURE,
-    DEFAULT_TOP_P,
-    Chunk,
-    GenerationStats,
-    Model,
-    openvino_reason,
-)
+from .model import Chunk, GenerationStats, Model, openvino_reason
+from .options import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, GenerationOptions, option_names
 
 log = logging.getLogger(__name__)
 
@@ -436,9 +429,18 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
               temperature: float = DEFAULT_TEMPERATURE, top_p: float = DEFAULT_TOP_P,
               max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
               repetition_penalty: float = DEFAULT_REPETITION_PENALTY, seed: int | None = None,
-              language: str = "en") -> gr.Blocks:
-    """The chat page for `model`; `kiosk_config` (even an empty `KioskConfig()`) means kiosk mode."""
+              top_k: int = 0, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+              stop: Sequence[str] = (), language: str = "en") -> gr.Blocks:
+    """The chat page for `model`; `kiosk_config` (even an empty `KioskConfig()`) means kiosk mode.
+
+    The generation options mean what they mean to `Model.stream` (a bad one raises BadParameterError
+    here, before anything is served); the desktop page's sliders start at them and override them.
+    """
     kiosk = kiosk_config is not None
+    base_options = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                     top_k=top_k, repetition_penalty=repetition_penalty,
+                                     presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+                                     seed=seed, stop=tuple(stop))
     config = kiosk_config or KioskConfig(language=language, system_prompt=system_prompt)
     s = STRINGS[config.language]
     fixed_system = (config.system_prompt or system_prompt) if kiosk else ""
@@ -483,12 +485,13 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
                                             placeholder=s["system_placeholder"], lines=3, max_lines=10)
                     temperature_slider = gr.Slider(0.0, 2.0, value=temperature, step=0.05,
                                                    label=s["temperature"], elem_id="temperature")
-                    top_p_slider = gr.Slider(0.05, 1.0, value=top_p, step=0.05, label=s["top_p"],
+                    top_p_slider = gr.Slider(min(0.05, top_p), 1.0, value=top_p, step=0.05, label=s["top_p"],
                                              elem_id="top-p")
                     max_tokens_slider = gr.Slider(1, max_tokens_limit, step=1, label=s["max_new_tokens"],
                                                   value=min(max_new_tokens, max_tokens_limit),
                                                   elem_id="max-new-tokens")
-                    repetition_slider = gr.Slider(1.0, 2.0, value=repetition_penalty, step=0.05,
+                    repetition_slider = gr.Slider(min(1.0, repetition_penalty), max(2.0, repetition_penalty),
+                                                  value=repetition_penalty, step=0.05,
                                                   label=s["repetition_penalty"], elem_id="repetition-penalty")
                     with gr.Accordion(s["tools"], open=False):
                         tools_box = gr.Textbox(show_label=False, lines=6, max_lines=20, elem_id="tools",
@@ -607,17 +610,15 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
             yield list(conv.display), conv
 
         def _options(values: tuple[Any, ...]) -> tuple[dict[str, Any], str]:
+            # Every option from the command line, then what the page's settings say.
+            options: dict[str, Any] = {name: getattr(base_options, name) for name in option_names()}
             if kiosk:
-                options = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
-                           "repetition_penalty": repetition_penalty}
                 system, tools = fixed_system, None
             else:
                 system, temp, top, max_tokens, repetition, tools_text = values
-                options = {"temperature": float(temp), "top_p": float(top), "max_new_tokens": int(max_tokens),
-                           "repetition_penalty": float(repetition)}
+                options.update({"temperature": float(temp), "top_p": float(top), "max_new_tokens": int(max_tokens),
+                                "repetition_penalty": float(repetition)})
                 tools = _parse_tools(tools_text, s)
-            if seed is not None:
-                options["seed"] = seed
             if tools:
                 options["tools"] = tools
             return options, (system or "").strip()

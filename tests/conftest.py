@@ -27,6 +27,9 @@ REASONING_ANSWER = "答案你 is 42. STOP here"
 REASONING_THOUGHT = "想一想"
 TOOL_PIECES = ["get_weather", "\n", '{"city": ', '"Beijing"', "}"]
 LOOP_PIECES = ["\n", "tick", " tock", " 滴", "答", " "]
+# Exactly four tokens, then the end-of-turn token: with max_new_tokens=5 the turn ends on the last one allowed.
+FOUR_PIECES = ["\n", "One", " two", " three"]
+FOUR_ANSWER = "One two three"
 
 
 def _convert(source: Path, output: Path, **options) -> Path:
@@ -101,6 +104,15 @@ def loop_model(workdir) -> Path:
 
     source = build_scripted_checkpoint(workdir / "loop", LOOP_PIECES, loop=True)
     return _convert(source, workdir / "loop-fp16-ov", weight_format="fp16")
+
+
+@pytest.fixture(scope="session")
+def four_token_model(workdir) -> Path:
+    """Answers `\nOne two three` (4 tokens) then `<|user|>`: 5 generated tokens in all."""
+    from glm4_edge.convert.synthetic import build_scripted_checkpoint
+
+    source = build_scripted_checkpoint(workdir / "four", FOUR_PIECES)
+    return _convert(source, workdir / "four-fp16-ov", weight_format="fp16")
 
 
 @pytest.fixture(scope="session")

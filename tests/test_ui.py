@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from .conftest import REASONING_ANSWER, REASONING_THOUGHT, REPO
+from .conftest import FOUR_ANSWER, REASONING_ANSWER, REASONING_THOUGHT, REPO
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -335,6 +335,29 @@ def test_errors_appear_in_the_chat(looping, page):
     _wait_footers(page, 2)
 
 
+def test_finish_reason_and_command_line_options_reach_the_page(four_token_model, page):
+    with _serve(four_token_model, max_new_tokens=5) as (url, _):
+        _open(page, url)
+        _send(page, "hi")
+        footer = _wait_footers(page, 1)
+        # Four tokens and the end of turn: the answer ended on the last allowed token, not at the limit.
+        assert footer.endswith("5 tokens · CPU"), footer
+        assert _last_bot_text(page).startswith(FOUR_ANSWER)
+        budget = page.locator("#max-new-tokens input[type=number]")
+        budget.fill("4")
+        budget.press("Enter")
+        _send(page, "again")
+        footer = _wait_footers(page, 2)
+        assert footer.endswith("4 tokens · CPU · length limit"), footer
+    # Options the page has no control for (`glm4-edge ui --stop ... --top-k ...`) still reach the runtime.
+    with _serve(four_token_model, stop=[" three"], top_k=1, presence_penalty=0.5) as (url, _):
+        _open(page, url)
+        _send(page, "hi")
+        _wait_footers(page, 1)
+        answer = _last_bot_text(page)
+        assert answer.startswith("One two") and "three" not in answer and "length limit" not in answer
+
+
 def test_tool_calls_are_shown_as_tool_calls(tool_model, page):
     with _serve(tool_model) as (url, _):
         _open(page, url)
@@ -505,6 +528,8 @@ BAD_TOML = {
     (["--kiosk", "--config", "missing.toml"], "no such file"),
     (["--config", "broken.toml"], "add --kiosk"),
     (["--port", "70000"], "--port must be between"),
+    (["--top-k", "-1"], "top_k"),
+    (["--stop", "x", "--repetition-penalty", "0"], "--repetition-penalty"),
     *[(["--kiosk", "--config", name], message) for name, (_, message) in BAD_TOML.items()],
 ])
 def test_bad_input_is_one_line_and_exit_2(arguments, message, tmp_path, capsys):

@@ -31,10 +31,11 @@ def add_chat_args(parser) -> None:
 def run(args: argparse.Namespace) -> int:
     console = Console(highlight=False)
     err = Console(stderr=True, highlight=False)
+    options = sampling_options(args)
     with err.status(f"loading {args.model} on {args.device}"):
         model = load_model(args)
     err.print(f"[bold]{model.describe()}[/] · loaded in {model.load_s:.1f} s · {HELP}")
-    chat = model.chat(system=args.system, trim_history=args.trim_history, **sampling_options(args))
+    chat = model.chat(system=args.system, trim_history=args.trim_history, **options)
     while True:
         try:
             text = input(">>> ")

@@ -10,7 +10,8 @@ from typing import Any
 
 from ..errors import BadParameterError
 from ..fallback import DEFAULT_FALLBACK_DEVICE, NO_FALLBACK
-from ..model import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Model, load
+from ..model import Model, load
+from ..options import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, GenerationOptions
 
 
 def add_model_args(parser: argparse.ArgumentParser, fallback: bool = True) -> None:
@@ -54,16 +55,29 @@ def properties(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    """The generation options every verb that answers takes, with the Python API's names and meaning."""
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=DEFAULT_TOP_P)
+    parser.add_argument("--top-k", type=int, default=0, help="0 = no top-k cut")
     parser.add_argument("--repetition-penalty", type=float, default=1.0)
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--presence-penalty", type=float, default=0.0)
+    parser.add_argument("--frequency-penalty", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, help="sampling seed (default: a fresh one for every answer)")
+    parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
 
 
-def sampling_options(args: argparse.Namespace) -> dict:
-    return {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
-            "repetition_penalty": args.repetition_penalty, "seed": args.seed}
+def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options from `add_sampling_args`, checked now: a bad value fails before the model loads."""
+    options = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
+               "top_k": args.top_k, "repetition_penalty": args.repetition_penalty,
+               "presence_penalty": args.presence_penalty, "frequency_penalty": args.frequency_penalty,
+               "seed": args.seed, "stop": list(args.stop)}
+    try:
+        GenerationOptions.of(options)
+    except BadParameterError as error:
+        raise BadParameterError(f"--{(error.param or '').replace('_', '-')}: {error}", error.param) from None
+    return options
 
 
 def load_model(args: argparse.Namespace, warm_up: bool = False) -> Model:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadParameterError, Glm4EdgeError
+from ..glm_format import tool_schemas
 from .common import add_model_args, add_sampling_args, load_model, sampling_options
 
 DEFAULT_BATCH_SIZE = 8
@@ -23,11 +24,32 @@ def add_parser(subparsers) -> None:
     source.add_argument("--batch", type=Path, help="JSONL input: one {\"prompt\"} or {\"messages\"} per line")
     parser.add_argument("-o", "--output", type=Path, help="JSONL output for --batch")
     parser.add_argument("--system", help="system prompt")
-    parser.add_argument("--stop", action="append", help="stop string (repeatable)")
+    parser.add_argument("--tools", type=Path, metavar="TOOLS.json",
+                        help="JSON list of function schemas the model may call (OpenAI format)")
     parser.add_argument("--json", action="store_true", help="print the reply and stats as JSON")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="prompts per batched call")
     add_sampling_args(parser)
     parser.set_defaults(run=run)
+
+
+def read_tools(path: Path | None) -> list[dict] | None:
+    """--tools FILE: a JSON list (or one object) of function schemas, checked before the model loads."""
+    if path is None:
+        return None
+    try:
+        tools = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise BadParameterError(f"--tools {path}: cannot read it ({error.strerror})", "tools") from None
+    except ValueError as error:
+        raise BadParameterError(f"--tools {path}: not valid JSON ({error})", "tools") from None
+    tools = [tools] if isinstance(tools, dict) else tools
+    if not isinstance(tools, list):
+        raise BadParameterError(f"--tools {path}: must be a JSON list of function schemas", "tools")
+    try:
+        tool_schemas(tools)
+    except BadParameterError as error:
+        raise BadParameterError(f"--tools {path}: {error}", "tools") from None
+    return tools
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,10 +60,10 @@ def run(args: argparse.Namespace) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not prompt.strip():
         raise BadParameterError("the prompt is empty", "prompt")
+    options = {**sampling_options(args), "tools": read_tools(args.tools)}
     model = load_model(args)
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": prompt}]
-    options = {**sampling_options(args), "stop": args.stop}
     if args.json:
         reply = model.generate(messages, **options)
         print(json.dumps({"text": reply.text, "reasoning": reply.reasoning, "tool_calls": reply.tool_calls,
@@ -50,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for chunk in model.stream(messages, **options):
         sys.stdout.write(chunk.text)
+        for call in chunk.tool_calls or []:
+            sys.stdout.write(f"{call['name']}({call['arguments']})")
         sys.stdout.flush()
     sys.stdout.write("\n")
     return 0
@@ -96,6 +120,7 @@ def run_batch(args: argparse.Namespace) -> int:
         raise BadParameterError("--batch needs -o OUT.jsonl", "output")
     if args.batch_size < 1:
         raise BadParameterError("--batch-size must be at least 1", "batch_size")
+    options = {**sampling_options(args), "tools": read_tools(args.tools)}
     rows = _read_batch(args.batch)
     done = _read_done(args.output)
     todo = [(n, conv) for n, conv, error in rows if error is None and n not in done]
@@ -106,7 +131,6 @@ def run_batch(args: argparse.Namespace) -> int:
             results[number] = {"line": number, "error": error}
     if todo:
         model = load_model(args)
-        options = sampling_options(args)
         with args.output.open("a", encoding="utf-8") as progress:  # partial results survive a crash
             for start in range(0, len(todo), args.batch_size):
                 group = todo[start:start + args.batch_size]

@@ -8,7 +8,15 @@ import time
 from pathlib import Path
 
 from ..errors import Glm4EdgeError
-from .common import add_model_args, add_sampling_args, add_verify_arg, is_loopback, load_model, verify_at_start
+from .common import (
+    add_model_args,
+    add_sampling_args,
+    add_verify_arg,
+    is_loopback,
+    load_model,
+    sampling_options,
+    verify_at_start,
+)
 
 # Duplicated from glm4_edge.ui on purpose: importing it loads Gradio, far too slow for `--help`.
 DEFAULT_HOST = "127.0.0.1"
@@ -48,15 +56,14 @@ def run(args: argparse.Namespace) -> int:
     from .. import ui
 
     auth = ui.parse_auth(args.auth)
+    options = sampling_options(args)
     kiosk_config = None
     if args.kiosk:
         kiosk_config = ui.load_kiosk_config(args.config) if args.config is not None else ui.KioskConfig()
     if args.kiosk:  # a public terminal must never run a damaged copy
         args.model, verified = verify_at_start(args.model, "ui", skip=args.no_verify)
     model = load_model(args, warm_up=True)  # the first visitor should not pay for lazy initialisation
-    app = ui.build_app(model, kiosk_config, system_prompt=args.system, temperature=args.temperature,
-                       top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                       repetition_penalty=args.repetition_penalty, seed=args.seed)
+    app = ui.build_app(model, kiosk_config, system_prompt=args.system, **options)
     if not is_loopback(args.host) and auth is None:
         print(f"glm4-edge ui: note: listening on {args.host} without --auth; anyone on the network can chat",
               file=sys.stderr)
