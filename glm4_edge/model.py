@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import devices, glm_format
+from . import devices, glm_format, prefill
 from .errors import BadParameterError, ContextOverflowError, Glm4EdgeError, ModelFormatError
 from .manifest import Manifest, read_manifest
 from .streaming import CallbackStream
@@ -84,6 +84,7 @@ class Chunk:
     finish_reason: str | None = None
     tool_calls: list[dict[str, str]] | None = None
     stats: GenerationStats | None = None
+    progress: prefill.PrefillProgress | None = None  # set only on prefill-progress chunks of long prompts
 
 
 @dataclass
@@ -117,6 +118,9 @@ class Model:
         self.stop_token_ids = stop_token_ids
         self._lock = threading.Lock()  # one generation at a time per pipeline
         self.assisted: str | None = None  # "draft" | "prompt_lookup": set by `load`
+        # Prompts longer than this are prefilled in chunks, with progress chunks and cancel between them.
+        self.prefill_threshold = prefill.DEFAULT_THRESHOLD_TOKENS
+        self.prefill_first_chunk = prefill.DEFAULT_FIRST_CHUNK_TOKENS
 
     @property
     def name(self) -> str:
@@ -207,6 +211,17 @@ class Model:
         parser = glm_format.ReplyParser(tool_names=tool_names, in_reasoning=self.starts_in_reasoning)
         with self._lock:
             started = time.perf_counter()
+            prefill_s = 0.0
+            if self._chunked_prefill(prompt_tokens):
+                for progress in prefill.fill_prefix(self.pipeline, inputs.input_ids, self._prefill_config(),
+                                                    cancel, self.prefill_first_chunk):
+                    prefill_s = progress.elapsed_s
+                    yield Chunk(progress=progress)
+                if cancel is not None and cancel.is_set():
+                    stats = GenerationStats(prompt_tokens=prompt_tokens, total_s=time.perf_counter() - started,
+                                            device=self.device, load_s=self.load_s, peak_memory_bytes=peak_rss_bytes())
+                    yield Chunk(finish_reason="cancelled", stats=stats)
+                    return
             stream = CallbackStream(lambda callback: self.pipeline.generate(inputs, config, callback), cancel)
             try:
                 for raw in stream:
@@ -226,6 +241,9 @@ class Model:
             else:
                 tail, rest, calls = glm_format.ParsedPiece(text=tail_text), glm_format.ParsedPiece(), []
             stats = self._stats(stream.outcome.result, prompt_tokens, time.perf_counter() - started)
+            if prefill_s and stats.ttft_s is not None:  # the chunks were part of reading the prompt
+                stats.ttft_s += prefill_s
+                stats.prefill_tokens_per_s = prompt_tokens / stats.ttft_s
             reason = finish_reason(stream.outcome.cancelled, bool(calls), matcher.stopped, stats, config)
             yield Chunk(text=tail.text + rest.text, reasoning=tail.reasoning + rest.reasoning,
                         finish_reason=reason, tool_calls=[c.as_dict() for c in calls] or None, stats=stats)
@@ -283,6 +301,19 @@ class Model:
             pass
 
     # --- helpers ----------------------------------------------------------------------------------
+
+    def _chunked_prefill(self, prompt_tokens: int) -> bool:
+        """Only pipelines with a prefix cache (CPU/GPU, no assisted decoding) can prefill in chunks."""
+        return (bool(self.prefill_threshold) and prompt_tokens > self.prefill_threshold and not self.assisted
+                and devices.base_device(self.device) in ("CPU", "GPU"))
+
+    def _prefill_config(self):
+        config = self.pipeline.get_generation_config()
+        config.max_new_tokens = 1
+        config.do_sample = False
+        config.ignore_eos = True
+        config.apply_chat_template = False
+        return config
 
     def _generation_config(self, max_new_tokens, temperature, top_p, top_k, repetition_penalty,
                            presence_penalty, frequency_penalty, seed, ignore_eos):
