@@ -121,6 +121,7 @@ class Model:
         # Prompts longer than this are prefilled in chunks, with progress chunks and cancel between them.
         self.prefill_threshold = prefill.DEFAULT_THRESHOLD_TOKENS
         self.prefill_first_chunk = prefill.DEFAULT_FIRST_CHUNK_TOKENS
+        self.prefill_chunk_s = prefill.DEFAULT_CHUNK_S
 
     @property
     def name(self) -> str:
@@ -214,7 +215,7 @@ class Model:
             prefill_s = 0.0
             if self._chunked_prefill(prompt_tokens):
                 for progress in prefill.fill_prefix(self.pipeline, inputs.input_ids, self._prefill_config(),
-                                                    cancel, self.prefill_first_chunk):
+                                                    cancel, self.prefill_first_chunk, self.prefill_chunk_s):
                     prefill_s = progress.elapsed_s
                     yield Chunk(progress=progress)
                 if cancel is not None and cancel.is_set():

@@ -60,7 +60,8 @@ def chunk_ends(total: int, first: int, rate_s: float | None, done: int, chunk_s:
 
 
 def fill_prefix(pipeline, input_ids, config, cancel: threading.Event | None,
-                first_chunk: int = DEFAULT_FIRST_CHUNK_TOKENS) -> Iterator[PrefillProgress]:
+                first_chunk: int = DEFAULT_FIRST_CHUNK_TOKENS,
+                chunk_s: float = DEFAULT_CHUNK_S) -> Iterator[PrefillProgress]:
     """Run prefixes of `input_ids` (an ov.Tensor [1, N]) through `pipeline` so their KV lands in its cache.
 
     `config` is a GenerationConfig for one greedy token. Yields progress after each chunk and stops
@@ -76,7 +77,7 @@ def fill_prefix(pipeline, input_ids, config, cancel: threading.Event | None,
     started = time.perf_counter()
     done, rate = 0, None
     while True:
-        end = chunk_ends(total, first_chunk, rate, done)
+        end = chunk_ends(total, first_chunk, rate, done, chunk_s)
         if end >= total:
             return
         prefix = np.ascontiguousarray(ids[:, :end])
