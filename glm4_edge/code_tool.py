@@ -110,57 +110,73 @@ class ToolChat:
         return self._turn(cancel, {**self.defaults, **options})
 
     def _turn(self, cancel: threading.Event | None, options: dict[str, Any]) -> Iterator[Chunk | ToolEvent]:
-        for calls in range(self.max_calls + 1):
-            prompt = self.model.render(with_tool(self.messages, self.sandbox))
-            raw, final, mode = [], None, None  # mode: None until the first characters decide, "call" | "text"
-            parser = glm_format.ReplyParser(in_reasoning=self.model.starts_in_reasoning)
-            text: list[str] = []
-            for chunk in self.model.stream_prompt(prompt, parse=False, cancel=cancel, **options):
-                if getattr(chunk, "progress", None) is not None:
-                    yield chunk  # prefill progress of a long prompt
+        for event in run_turn(self.model, self.messages, self.sandbox, cancel=cancel, max_calls=self.max_calls,
+                              **options):
+            if isinstance(event, Chunk) and event.finish_reason:
+                self.last_stats = event.stats
+            yield event
+
+
+def run_turn(model: Model, messages: list[dict[str, Any]], sandbox: Sandbox, *,
+             cancel: threading.Event | None = None, max_calls: int = DEFAULT_MAX_CALLS,
+             **options: Any) -> Iterator[Chunk | ToolEvent]:
+    """Answer the conversation in `messages`, running each `python` call in `sandbox`.
+
+    The turn's messages (calls, results, the answer) are appended to `messages`; the last item
+    yielded is a Chunk with finish_reason and stats.
+    """
+    last_stats = None
+    for calls in range(max_calls + 1):
+        prompt = model.render(with_tool(messages, sandbox))
+        raw, final, mode = [], None, None  # mode: None until the first characters decide, "call" | "text"
+        parser = glm_format.ReplyParser(in_reasoning=model.starts_in_reasoning)
+        text: list[str] = []
+        for chunk in model.stream_prompt(prompt, parse=False, cancel=cancel, **options):
+            if getattr(chunk, "progress", None) is not None:
+                yield chunk  # prefill progress of a long prompt
+                continue
+            if chunk.finish_reason:
+                final = chunk
+            raw.append(chunk.text)
+            if mode is None:
+                joined = "".join(raw)
+                if CALL_PREFIX.startswith(joined) and final is None:
                     continue
-                if chunk.finish_reason:
-                    final = chunk
-                raw.append(chunk.text)
-                if mode is None:
-                    joined = "".join(raw)
-                    if CALL_PREFIX.startswith(joined) and final is None:
-                        continue
-                    mode = "call" if joined.startswith(CALL_PREFIX) else "text"
-                    fresh = joined
-                else:
-                    fresh = chunk.text
-                if mode == "text":
-                    piece = parser.feed(fresh)
-                    text.append(piece.text)
-                    if piece.text or piece.reasoning:
-                        yield Chunk(text=piece.text, reasoning=piece.reasoning)
-            whole = "".join(raw)
-            self.last_stats = final.stats if final else None
-            code = parse_call(whole) if final and final.finish_reason != "cancelled" else None
-            if code is None:
-                rest, _ = parser.finish()
-                if whole.startswith(CALL_PREFIX):  # a call cut short (length limit, Stop): show it as text
-                    rest = glm_format.ParsedPiece(text=whole)
-                text.append(rest.text)
-                self.messages.append({"role": "assistant", "content": "".join(text)})
-                yield Chunk(text=rest.text, reasoning=rest.reasoning,
-                            finish_reason=final.finish_reason if final else "cancelled",
-                            stats=final.stats if final else None)
-                return
-            if calls == self.max_calls:
-                break  # one call more than allowed: not run
-            yield ToolEvent(code)
-            result = self.sandbox.run(code)
-            yield ToolEvent(code, result)
-            self.messages.append(call_message(code))
-            self.messages.append({"role": "tool", "content": result.as_tool_text()})
-            if cancel is not None and cancel.is_set():
-                yield Chunk(finish_reason="cancelled", stats=self.last_stats)
-                return
-        message = f"(stopped after {self.max_calls} python calls in a row)"
-        self.messages.append({"role": "assistant", "content": message})
-        yield Chunk(text=message, finish_reason="length", stats=self.last_stats)
+                mode = "call" if joined.startswith(CALL_PREFIX) else "text"
+                fresh = joined
+            else:
+                fresh = chunk.text
+            if mode == "text":
+                piece = parser.feed(fresh)
+                text.append(piece.text)
+                if piece.text or piece.reasoning:
+                    yield Chunk(text=piece.text, reasoning=piece.reasoning)
+        whole = "".join(raw)
+        last_stats = final.stats if final else None
+        code = parse_call(whole) if final and final.finish_reason != "cancelled" else None
+        if code is None:
+            rest, _ = parser.finish()
+            if whole.startswith(CALL_PREFIX):  # a call cut short (length limit, Stop): show it as text
+                rest = glm_format.ParsedPiece(text=whole)
+            text.append(rest.text)
+            messages.append({"role": "assistant", "content": "".join(text)})
+            yield Chunk(text=rest.text, reasoning=rest.reasoning,
+                        finish_reason=final.finish_reason if final else "cancelled",
+                        stats=final.stats if final else None)
+            return
+        if calls == max_calls:
+            break  # one call more than allowed: not run
+        yield ToolEvent(code)
+        result = sandbox.run(code)
+        yield ToolEvent(code, result)
+        messages.append(call_message(code))
+        messages.append({"role": "tool", "content": result.as_tool_text()})
+        if cancel is not None and cancel.is_set():
+            yield Chunk(finish_reason="cancelled", stats=last_stats)
+            return
+    message = f"(stopped after {max_calls} python calls in a row)"
+    messages.append({"role": "assistant", "content": message})
+    yield Chunk(text=message, finish_reason="length", stats=last_stats)
 
 
 def open_tool_chat(model: Model, system: str | None = None, **defaults: Any) -> ToolChat:

@@ -35,6 +35,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--config", type=Path, metavar="KIOSK.TOML",
                         help="kiosk texts, examples, language and idle timeout (see docs/kiosk.md)")
     parser.add_argument("--auth", metavar="USER:PASS", help="ask for this user name and password first")
+    parser.add_argument("--tools", choices=["python"], action="append", default=[],
+                        help="python: let the model run Python code in a sandbox per tab (not with --kiosk; "
+                             "see docs/documents.md)")
     parser.set_defaults(run=run)
 
 
@@ -42,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     # Check everything the user typed before the slow part (Gradio import, model load).
     if args.config is not None and not args.kiosk:
         raise Glm4EdgeError("--config sets up kiosk mode; add --kiosk (or drop --config)")
+    if args.kiosk and args.tools:
+        raise Glm4EdgeError("--tools python is not available with --kiosk: a public terminal must not run code")
     if not 0 < args.port <= MAX_PORT:
         raise Glm4EdgeError(f"--port must be between 1 and {MAX_PORT}, got {args.port}")
     from .. import ui
@@ -53,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args, warm_up=True)  # the first visitor should not pay for lazy initialisation
     app = ui.build_app(model, kiosk_config, system_prompt=args.system, temperature=args.temperature,
                        top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                       repetition_penalty=args.repetition_penalty, seed=args.seed)
+                       repetition_penalty=args.repetition_penalty, seed=args.seed,
+                       python_tool="python" in args.tools)
     if not is_loopback(args.host) and auth is None:
         print(f"glm4-edge ui: note: listening on {args.host} without --auth; anyone on the network can chat",
               file=sys.stderr)
