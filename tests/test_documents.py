@@ -189,3 +189,17 @@ def test_generate_refuses_a_document_longer_than_the_context(scripted_model, tmp
     assert result.returncode == 2
     assert "do not fit" in result.stderr and "long.txt" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_chat_file_and_slash_file(scripted_model, tmp_path):
+    (tmp_path / "a.md").write_text("alpha")
+    (tmp_path / "b.txt").write_text("beta")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    result = subprocess.run([*CLI, "chat", str(scripted_model), "--temperature", "0", "--file", str(tmp_path / "a.md")],
+                            input=f"First?\n/file {tmp_path / 'empty.txt'}\n/file {tmp_path / 'b.txt'}\nSecond?\n",
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "attached a.md (5 characters) to your first message" in result.stderr
+    assert "empty (0 bytes)" in result.stderr
+    assert "attached b.txt (4 characters) to your next message" in result.stderr
+    assert result.stdout.count(REASONING_ANSWER) == 2
