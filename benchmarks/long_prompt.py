@@ -54,11 +54,14 @@ def measure(model_dir: str, tokens: int, kv: str, one_shot: bool) -> dict:
     if one_shot:
         ttft, count, _ = ask(document(model, tokens, 1), "Summarize the report.", chunked=False)
         result.update(one_shot_ttft_s=round(ttft, 2), one_shot_tokens_per_s=round(count / ttft, 1))
+        print(json.dumps(result), file=sys.stderr, flush=True)  # partial results survive a timeout
     text = document(model, tokens, 2)
     started = time.perf_counter()
     ttft, count, updates = ask(text, "Summarize the report.", chunked=True)
     result.update(chunked_ttft_s=round(ttft, 2), chunked_tokens_per_s=round(count / ttft, 1),
-                  chunked_wall_s=round(time.perf_counter() - started, 2), progress_updates=updates)
+                  chunked_wall_s=round(time.perf_counter() - started, 2), progress_updates=updates,
+                  peak_rss_gib=round(peak_rss_bytes() / 2**30, 2))
+    print(json.dumps(result), file=sys.stderr, flush=True)
     follow, _, _ = ask(text, "Which city does the report name first?", chunked=True)
     result.update(follow_up_ttft_s=round(follow, 3), peak_rss_gib=round(peak_rss_bytes() / 2**30, 2))
     return result
@@ -81,9 +84,9 @@ def main() -> int:
         for kv in args.kv:
             one_shot = "0" if tokens in args.no_one_shot else "1"
             done = subprocess.run([sys.executable, __file__, args.model, "--one", str(tokens), kv, one_shot],
-                                  capture_output=True, text=True)
+                                  stdout=subprocess.PIPE, text=True)
             line = done.stdout.strip().splitlines()[-1] if done.returncode == 0 else json.dumps(
-                {"prompt_tokens": tokens, "kv_cache_precision": kv, "error": done.stderr.strip()[-300:]})
+                {"prompt_tokens": tokens, "kv_cache_precision": kv, "error": f"exit {done.returncode}"})
             print(line, flush=True)
             if args.json:
                 with args.json.open("a") as handle:
