@@ -122,6 +122,7 @@ class Model:
         self.prefill_threshold = prefill.DEFAULT_THRESHOLD_TOKENS
         self.prefill_first_chunk = prefill.DEFAULT_FIRST_CHUNK_TOKENS
         self.prefill_chunk_s = prefill.DEFAULT_CHUNK_S
+        self.kv_cache_precision = ""  # as asked with --property KV_CACHE_PRECISION; "" = the device default
 
     @property
     def name(self) -> str:
@@ -304,9 +305,15 @@ class Model:
     # --- helpers ----------------------------------------------------------------------------------
 
     def _chunked_prefill(self, prompt_tokens: int) -> bool:
-        """Only pipelines with a prefix cache (CPU/GPU, no assisted decoding) can prefill in chunks."""
+        """Only pipelines with a prefix cache (CPU/GPU, no assisted decoding) can prefill in chunks.
+
+        Not with a u4 KV cache: reusing a u4 prefix after a one-token generation corrupts the heap in
+        openvino-genai 2026.4.1 (`free(): invalid pointer`, reproduced on the tiny model), so u4 prompts
+        are prefilled in one call, without progress.
+        """
         return (bool(self.prefill_threshold) and prompt_tokens > self.prefill_threshold and not self.assisted
-                and devices.base_device(self.device) in ("CPU", "GPU"))
+                and devices.base_device(self.device) in ("CPU", "GPU")
+                and self.kv_cache_precision not in prefill.UNSAFE_KV_PRECISIONS)
 
     def _prefill_config(self):
         config = self.pipeline.get_generation_config()
@@ -549,6 +556,7 @@ def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int 
                                                                                **props))
     model = Model(plan.folder, plan.device, pipeline, plan.manifest, load_s, *model_facts(plan, pipeline))
     model.assisted = "draft" if draft is not None else ("prompt_lookup" if prompt_lookup else None)
+    model.kv_cache_precision = str(props.get("KV_CACHE_PRECISION", "")).lower()
     if warm_up:
         model.warm_up()
     return model

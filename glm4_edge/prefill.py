@@ -26,6 +26,8 @@ DEFAULT_FIRST_CHUNK_TOKENS = 1024
 DEFAULT_CHUNK_S = 3.0
 CHUNK_ALIGN_TOKENS = 256
 MAX_CHUNK_TOKENS = 16384
+# KV cache precisions whose prefix reuse after a one-token generation crashes openvino-genai 2026.4.1.
+UNSAFE_KV_PRECISIONS = ("u4",)
 
 
 @dataclass(frozen=True)

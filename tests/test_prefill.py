@@ -91,3 +91,13 @@ def test_cli_progress_line_is_rewritten_and_cleared():
     line.update(Chunk(text="answer"))
     assert terminal.getvalue() == ("\r\033[2Kreading the prompt: 1,024/4,096 tokens · 1,024 tok/s · 3 s left"
                                    "\r\033[2K")
+
+
+def test_u4_kv_cache_is_prefilled_in_one_call(tiny_int4):
+    """Chunked prefill with a u4 KV cache crashes openvino-genai 2026.4.1 (heap corruption): not used there."""
+    import glm4_edge
+
+    model = glm4_edge.load(tiny_int4, properties={"KV_CACHE_PRECISION": "u4"})
+    model.prefill_threshold, model.prefill_first_chunk, model.prefill_chunk_s = 256, CHUNK_ALIGN_TOKENS, 1e-6
+    chunks = list(model.stream(LONG, temperature=0.0, max_new_tokens=8, ignore_eos=True))
+    assert not any(c.progress is not None for c in chunks) and chunks[-1].finish_reason == "length"
