@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import glm_format
-from .errors import Glm4EdgeError
+from .errors import BadParameterError, Glm4EdgeError
 from .model import Chunk, GenerationStats, Model
 from .sandbox import CellResult, Sandbox, SandboxLimits
 
@@ -125,6 +125,9 @@ def run_turn(model: Model, messages: list[dict[str, Any]], sandbox: Sandbox, *,
     The turn's messages (calls, results, the answer) are appended to `messages`; the last item
     yielded is a Chunk with finish_reason and stats.
     """
+    if options.pop("tools", None):
+        raise BadParameterError("the python tool cannot be combined with function tools yet; clear the tools box "
+                                "or restart without --tools python", "tools")
     last_stats = None
     for calls in range(max_calls + 1):
         prompt = model.render(with_tool(messages, sandbox))

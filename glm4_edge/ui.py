@@ -107,7 +107,6 @@ STRINGS: dict[str, dict[str, str]] = {
         "upload": "Documents (PDF, DOCX, HTML, Markdown, text)",
         "python": "python",
         "output": "output",
-        "no_python": "The python tool is not available",
     },
     "zh": {
         "placeholder": "输入消息，按回车发送",
@@ -141,7 +140,6 @@ STRINGS: dict[str, dict[str, str]] = {
         "upload": "文档（PDF、DOCX、HTML、Markdown、文本）",
         "python": "python",
         "output": "输出",
-        "no_python": "python 工具不可用",
     },
 }
 
