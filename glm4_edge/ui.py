@@ -488,7 +488,7 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
                 upload = None
                 if not kiosk or config.allow_upload:
                     upload = gr.File(label=s["upload"], file_count="multiple", type="filepath", elem_id="upload",
-                                     height=90)
+                                     height=120)
                 with gr.Row():
                     size = "lg" if kiosk else "sm"
                     regenerate = gr.Button(s["regenerate"], elem_id="regenerate", size=size)

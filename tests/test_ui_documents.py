@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_ui import CHROMIUM, _open, _send, _serve, _wait_footers, browser, new_tab, page  # noqa: F401
+from .test_ui import CHROMIUM, _open, _send, _serve, _wait_footers, browser, new_tab, page, screenshot  # noqa: F401
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium")
@@ -36,6 +36,7 @@ def test_upload_a_document_and_ask(desktop_docs, page, tmp_path):
     user = page.locator("#chatbot [data-testid=user]").last.inner_text()
     assert "📄 notes.md · 25 characters" in user and "What is the answer?" in user
     assert page.locator("#upload").get_by_text("notes.md").count() == 0  # sent with the message
+    screenshot(page, "ui-document.png")
 
 
 def test_a_document_too_long_for_the_context_is_refused_in_the_chat(desktop_docs, page, tmp_path):
@@ -98,6 +99,7 @@ def test_python_tool_shows_code_and_output_in_collapsible_blocks(python_model, p
         output.first.get_by_text("42").first.wait_for()
         code.first.click()
         code.first.get_by_text("print(6*7)").first.wait_for()
+        screenshot(page, "ui-python-tool.png")
 
 
 def test_python_tool_is_refused_in_kiosk_mode(scripted_model):
