@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import device_bench, devices, glm_format, integrity, prompting, store
+from . import device_bench, devices, glm_format, integrity, prefill, prompting, store
 from . import fallback as npu_fallback
 from .errors import BadParameterError, ContextOverflowError, Glm4EdgeError, ModelFormatError
 from .manifest import Manifest, read_manifest
@@ -93,6 +93,7 @@ class Chunk:
     finish_reason: str | None = None
     tool_calls: list[dict[str, str]] | None = None
     stats: GenerationStats | None = None
+    progress: prefill.PrefillProgress | None = None  # set only on prefill-progress chunks of long prompts
 
 
 @dataclass
@@ -132,6 +133,11 @@ class Model:
         self.assisted: str | None = None  # "draft" | "prompt_lookup": set by `load`
         reasoning = bool(manifest and manifest.reasoning) or self.starts_in_reasoning
         self.prompt_format = prompting.prompt_format(self.tokenizer, self.family, reasoning)
+        # Prompts longer than this are prefilled in chunks, with progress chunks and cancel between them.
+        self.prefill_threshold = prefill.DEFAULT_THRESHOLD_TOKENS
+        self.prefill_first_chunk = prefill.DEFAULT_FIRST_CHUNK_TOKENS
+        self.prefill_chunk_s = prefill.DEFAULT_CHUNK_S
+        self.kv_cache_precision = ""  # as asked with --property KV_CACHE_PRECISION; "" = the device default
 
     @property
     def name(self) -> str:
@@ -235,6 +241,17 @@ class Model:
         parser = glm_format.ReplyParser(tool_names=tool_names, in_reasoning=self.starts_in_reasoning)
         with self._lock:
             started = time.perf_counter()
+            prefill_s = 0.0
+            if self._chunked_prefill(prompt_tokens):
+                for progress in prefill.fill_prefix(self.pipeline, inputs.input_ids, self._prefill_config(),
+                                                    cancel, self.prefill_first_chunk, self.prefill_chunk_s):
+                    prefill_s = progress.elapsed_s
+                    yield Chunk(progress=progress)
+                if cancel is not None and cancel.is_set():
+                    stats = GenerationStats(prompt_tokens=prompt_tokens, total_s=time.perf_counter() - started,
+                                            device=self.device, load_s=self.load_s, peak_memory_bytes=peak_rss_bytes())
+                    yield Chunk(finish_reason="cancelled", stats=stats)
+                    return
             stream = CallbackStream(lambda callback: self.pipeline.generate(inputs, config, callback), cancel)
             try:
                 for raw in stream:
@@ -261,6 +278,9 @@ class Model:
                                    stop_string=matcher.stopped, ended=pipeline_reason(reasons[0]) if reasons else None,
                                    last_token=tokens[-1] if tokens else None, stop_token_ids=self.stop_token_ids,
                                    generated=stats.generated_tokens, max_new_tokens=options.max_new_tokens)
+            if prefill_s and stats.ttft_s is not None:  # the chunks were part of reading the prompt
+                stats.ttft_s += prefill_s
+                stats.prefill_tokens_per_s = prompt_tokens / stats.ttft_s
             yield Chunk(text=tail.text + rest.text, reasoning=tail.reasoning + rest.reasoning,
                         finish_reason=reason, tool_calls=[c.as_dict() for c in calls] or None, stats=stats)
 
@@ -339,6 +359,25 @@ class Model:
             pass
 
     # --- helpers ----------------------------------------------------------------------------------
+
+    def _chunked_prefill(self, prompt_tokens: int) -> bool:
+        """Only pipelines with a prefix cache (CPU/GPU, no assisted decoding) can prefill in chunks.
+
+        Not with a u4 KV cache: reusing a u4 prefix after a one-token generation corrupts the heap in
+        openvino-genai 2026.4.1 (`free(): invalid pointer`, reproduced on the tiny model), so u4 prompts
+        are prefilled in one call, without progress.
+        """
+        return (bool(self.prefill_threshold) and prompt_tokens > self.prefill_threshold and not self.assisted
+                and devices.base_device(self.device) in ("CPU", "GPU")
+                and self.kv_cache_precision not in prefill.UNSAFE_KV_PRECISIONS)
+
+    def _prefill_config(self):
+        config = self.pipeline.get_generation_config()
+        config.max_new_tokens = 1
+        config.do_sample = False
+        config.ignore_eos = True
+        config.apply_chat_template = False
+        return config
 
     def _generation_config(self, options: GenerationOptions, json_schema: str | None = None,
                            native_stop: bool = False):
@@ -583,6 +622,7 @@ def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int 
         real_context = (plan.manifest.context_length if plan.manifest and plan.manifest.context_length
                         else _config_context(plan.folder))
         npu_fallback.attach(model, shape, fallback_device, context_length=real_context, cache=cache)
+    model.kv_cache_precision = str(props.get("KV_CACHE_PRECISION", "")).lower()
     if warm_up:
         model.warm_up()
     return model

@@ -26,6 +26,8 @@ from typing import Any
 
 import gradio as gr
 
+from . import documents as docs
+from .code_tool import ToolEvent
 from .errors import ContextOverflowError, Glm4EdgeError
 from .model import Chunk, GenerationStats, Model, openvino_reason
 from .options import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, GenerationOptions, option_names
@@ -101,6 +103,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "trimmed": "oldest turns forgotten to fit the context",
         "too_long": "That message is a little long for me. Please keep it under {limit} characters.",
         "generic_error": "Sorry, something went wrong. Please try again, or start a new chat.",
+        "upload": "Documents (PDF, DOCX, HTML, Markdown, text)",
+        "python": "python",
+        "output": "output",
     },
     "zh": {
         "placeholder": "输入消息，按回车发送",
@@ -133,6 +138,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "trimmed": "为放入上下文，已忘记最早的几轮对话",
         "too_long": "这条消息有点长，请控制在 {limit} 个字以内。",
         "generic_error": "抱歉，出了点问题。请再试一次，或开始新对话。",
+        "upload": "文档（PDF、DOCX、HTML、Markdown、文本）",
+        "python": "python",
+        "output": "输出",
     },
 }
 
@@ -166,11 +174,13 @@ class KioskConfig:
     examples: tuple[str, ...] = ()  # empty: the built-in en/zh examples
     system_prompt: str = ""
     max_input_chars: int = DEFAULT_MAX_INPUT_CHARS  # longer messages get a friendly "too long" note
+    allow_upload: bool = False  # documents may be uploaded (off: a public kiosk takes no files)
 
 
 _CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     "title": (str,), "welcome": (str,), "language": (str,), "idle_minutes": (int, float),
     "examples": (list,), "system_prompt": (str,), "max_input_chars": (int,),
+    "allow_upload": (bool,),
 }
 
 
@@ -193,7 +203,7 @@ def load_kiosk_config(path: str | Path) -> KioskConfig:
                             f"known keys: {', '.join(_CONFIG_TYPES)}")
     for key, value in data.items():
         expected = _CONFIG_TYPES[key]
-        if not isinstance(value, expected) or isinstance(value, bool):
+        if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
             raise Glm4EdgeError(f"--config {path}: {key} must be {_type_words(expected)}, "
                                 f"got {type(value).__name__}")
     if data.get("language", "en") not in LANGUAGES:
@@ -211,7 +221,7 @@ def load_kiosk_config(path: str | Path) -> KioskConfig:
 
 
 def _type_words(types: tuple[type, ...]) -> str:
-    words = {str: "a string", int: "a number", float: "a number", list: "a list"}
+    words = {str: "a string", int: "a number", float: "a number", list: "a list", bool: "true or false"}
     return " or ".join(dict.fromkeys(words[t] for t in types))
 
 
@@ -246,6 +256,12 @@ class _Control:
     cancel: threading.Event = field(default_factory=threading.Event)
     busy: bool = False
     epoch: int = 0  # bumped by Clear, so an answer still streaming for the old chat is dropped
+    sandbox: Any = None  # this tab's python-tool session (code_tool), started on its first call
+
+    def close_sandbox(self) -> None:
+        sandbox, self.sandbox = self.sandbox, None
+        if sandbox is not None:
+            sandbox.close()
 
 
 class _Controls:
@@ -264,6 +280,7 @@ class _Controls:
             control = self._tabs.pop(key, None)
         if control is not None:
             control.cancel.set()  # a closed tab must not keep the model busy for everyone else
+            control.close_sandbox()
 
 
 # --- one answer ---------------------------------------------------------------------------------
@@ -286,8 +303,19 @@ class _Answer:
     trimmed: bool = False
     started: float = field(default_factory=time.monotonic)
     reasoning_s: float | None = None
+    progress: Any = None  # prefill.PrefillProgress of a long prompt, until text arrives
+    tool_runs: list[list[Any]] = field(default_factory=list)  # [code, CellResult | None] per python call
+
+    def add_tool_event(self, event: Any) -> None:
+        if event.result is None:
+            self.tool_runs.append([event.code, None])
+        elif self.tool_runs:
+            self.tool_runs[-1][1] = event.result
 
     def add(self, chunk: Chunk) -> None:
+        if chunk.progress is not None:
+            self.progress = chunk.progress
+            return
         self.reasoning += chunk.reasoning
         if chunk.text and self.reasoning and self.reasoning_s is None:
             self.reasoning_s = time.monotonic() - self.started
@@ -315,6 +343,14 @@ class _Answer:
             if self.reasoning_s is not None:
                 metadata["duration"] = round(self.reasoning_s, 1)
             out.append({"role": "assistant", "content": self.reasoning, "metadata": metadata})
+        for code, cell in self.tool_runs:
+            out.append({"role": "assistant", "content": f"```python\n{code}\n```",
+                        "metadata": {"title": f"🐍 {s['python']}", "status": "pending" if cell is None else "done"}})
+            if cell is not None:
+                out.append({"role": "assistant", "content": f"```text\n{cell.as_tool_text()}\n```",
+                            "metadata": {"title": f"📤 {s['output']}"}})
+        if self.progress is not None and not self.text and not self.done:
+            out.append({"role": "assistant", "content": f"⏳ {self.progress.summary()}"})
         for call in self.tool_calls:
             out.append({"role": "assistant", "content": _tool_call_markdown(call),
                         "metadata": {"title": f"🛠 {s['tool_call']}: {call['name']}"}})
@@ -370,7 +406,7 @@ def _drop_oldest_turn(turns: list[dict[str, Any]]) -> bool:
 
 
 def _generate_into(model: Model, messages: list[dict[str, Any]], options: dict[str, Any],
-                   cancel: threading.Event, out: queue.SimpleQueue, trim: bool) -> None:
+                   cancel: threading.Event, out: queue.SimpleQueue, trim: bool, sandbox: Any = None) -> None:
     """Worker thread: drain the runtime's stream into `out`.
 
     The runtime holds its lock while its generator is open. Draining it here, instead of in
@@ -379,7 +415,12 @@ def _generate_into(model: Model, messages: list[dict[str, Any]], options: dict[s
     try:
         while True:
             try:
-                stream = model.stream(messages, cancel=cancel, **options)
+                if sandbox is not None:  # the python tool: run_turn appends the calls and results to `messages`
+                    from .code_tool import run_turn
+
+                    stream = run_turn(model, messages, sandbox, cancel=cancel, **options)
+                else:
+                    stream = model.stream(messages, cancel=cancel, **options)
                 break
             except ContextOverflowError:
                 if not trim or not _drop_oldest_turn(messages):
@@ -430,13 +471,16 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
               max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
               repetition_penalty: float = DEFAULT_REPETITION_PENALTY, seed: int | None = None,
               top_k: int = 0, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
-              stop: Sequence[str] = (), language: str = "en") -> gr.Blocks:
+              stop: Sequence[str] = (), language: str = "en", python_tool: bool = False) -> gr.Blocks:
     """The chat page for `model`; `kiosk_config` (even an empty `KioskConfig()`) means kiosk mode.
 
     The generation options mean what they mean to `Model.stream` (a bad one raises BadParameterError
     here, before anything is served); the desktop page's sliders start at them and override them.
+    `python_tool` lets the model run code in a per-tab sandbox (`glm4_edge.sandbox`); never in kiosk mode.
     """
     kiosk = kiosk_config is not None
+    if kiosk and python_tool:
+        raise Glm4EdgeError("the python tool is not available in kiosk mode")
     base_options = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                      top_k=top_k, repetition_penalty=repetition_penalty,
                                      presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
@@ -473,6 +517,10 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
                                         lines=1, max_lines=6, scale=6, autofocus=True, submit_btn=False)
                     send = gr.Button(s["send"], elem_id="send", variant="primary", scale=1, min_width=90)
                     stop = gr.Button(s["stop"], elem_id="stop", variant="stop", scale=1, min_width=90)
+                upload = None
+                if not kiosk or config.allow_upload:
+                    upload = gr.File(label=s["upload"], file_count="multiple", type="filepath", elem_id="upload",
+                                     height=120)
                 with gr.Row():
                     size = "lg" if kiosk else "sm"
                     regenerate = gr.Button(s["regenerate"], elem_id="regenerate", size=size)
@@ -502,10 +550,10 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
 
         # --- handlers -----------------------------------------------------------------------------
 
-        def add_user(text: str, conv: Conversation, request: gr.Request):
+        def add_user(text: str, conv: Conversation, request: gr.Request, files: list[str] | None = None):
             control = controls.get(request)
             text = (text or "").strip()
-            if not text or control.busy:
+            if (not text and not files) or control.busy:
                 # While this tab's answer is queued or streaming, the text stays in the box for later;
                 # `conv` is left alone, as that answer's step still has to find its pending turn.
                 return gr.skip(), gr.skip(), gr.skip()
@@ -517,10 +565,20 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
                 conv.display.append(note)
                 conv.active = time.monotonic()
                 return gr.skip(), list(conv.display), conv
+            read: list[docs.Document] = []
+            try:
+                read = [docs.read_document(path, name=Path(path).name) for path in files or []]
+            except docs.DocumentError as error:  # the file's problem in the chat; the question stays in the box
+                conv.display.append({"role": "assistant", "content": f"⚠️ **{s['error']}:** {error}"})
+                return gr.skip(), list(conv.display), conv
             if conv.turns and conv.turns[-1]["role"] == "user":
                 conv.turns.pop()  # an earlier question whose answer failed: the user moved on
-            conv.display.append({"role": "user", "content": text})
-            conv.turns.append({"role": "user", "content": text})
+            shown = "".join(f"📄 {d.name} · {d.chars:,} characters  \n" for d in read)
+            conv.display.append({"role": "user", "content": shown + ("\n" + text if read else text)})
+            turn: dict[str, Any] = {"role": "user", "content": docs.document_prompt(read, text)}
+            if read:
+                turn["_documents"] = read  # for the context check once max_new_tokens is known
+            conv.turns.append(turn)
             conv.pending, conv.active, conv.epoch = True, time.monotonic(), control.epoch
             control.busy = True
             control.cancel = threading.Event()  # fresh per answer, so an old Stop never hits the next one
@@ -556,16 +614,24 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
             try:
                 try:
                     options, system = _options(values)
+                    messages = ([{"role": "system", "content": system}] if system else []) + conv.turns
+                    attached = conv.turns[-1].get("_documents") if conv.turns else None
+                    if attached:
+                        docs.check_fits(model, messages, attached, options["max_new_tokens"])
+                    if python_tool and control.sandbox is None:
+                        from .sandbox import Sandbox
+
+                        control.sandbox = Sandbox()
                 except Glm4EdgeError as error:  # a bad setting on the page: say so in the chat
                     result.error = str(error)
                     conv.display.extend(result.messages())
                     finished = True
                     yield list(conv.display), conv
                     return
-                messages = ([{"role": "system", "content": system}] if system else []) + conv.turns
                 out: queue.SimpleQueue = queue.SimpleQueue()
+                sandbox = control.sandbox if python_tool else None
                 worker = threading.Thread(target=_generate_into, name="glm4-edge-ui-answer", daemon=True,
-                                          args=(model, messages, options, cancel, out, kiosk))
+                                          args=(model, messages, options, cancel, out, kiosk, sandbox))
                 worker.start()
                 base = list(conv.display)
                 last_yield, dirty, interval = 0.0, False, STREAM_INTERVAL_S
@@ -579,6 +645,9 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
                         break
                     if isinstance(item, Chunk):
                         result.add(item)
+                        dirty = True
+                    elif isinstance(item, ToolEvent):
+                        result.add_tool_event(item)
                         dirty = True
                     elif isinstance(item, Exception):
                         result.error = _error_text(item, s, kiosk)
@@ -601,7 +670,9 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
             if result.trimmed:
                 # Keep the model's view and ours in step: the runtime saw the trimmed history.
                 conv.turns = messages[1:] if system else messages
-            if not result.error:
+            if python_tool and not result.error:
+                conv.turns = messages[1:] if system else messages  # run_turn added the calls, results, answer
+            elif not result.error:
                 conv.turns.append(result.as_turn())
             conv.display = base + result.messages()
             conv.active = time.monotonic()
@@ -644,6 +715,7 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
         def reset(request: gr.Request):
             control = controls.get(request)
             control.cancel.set()
+            control.close_sandbox()  # a new conversation gets a fresh python session and folder
             control.epoch += 1
             control.busy = False
             fresh = Conversation(active=time.monotonic(), epoch=control.epoch)
@@ -670,8 +742,18 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
                             concurrency_limit=1, concurrency_id=MODEL_CONCURRENCY_ID, show_progress="minimal",
                             api_visibility="private").then(release, [conversation], None, **instant)
 
-        for trigger in (prompt.submit, send.click):
-            then_answer(trigger(add_user, [prompt, conversation], [prompt, chatbot, conversation], **instant))
+        if upload is None:
+            for trigger in (prompt.submit, send.click):
+                then_answer(trigger(add_user, [prompt, conversation], [prompt, chatbot, conversation], **instant))
+        else:
+            def add_user_with_files(text: str, files: list[str] | None, conv: Conversation, request: gr.Request):
+                outcome = add_user(text, conv, request, files)
+                sent = outcome[0] == ""  # the message went in: its files go with it
+                return outcome[0], (None if sent else gr.skip()), outcome[1], outcome[2]
+
+            for trigger in (prompt.submit, send.click):
+                then_answer(trigger(add_user_with_files, [prompt, upload, conversation],
+                                    [prompt, upload, chatbot, conversation], **instant))
         then_answer(chatbot.example_select(add_example, [conversation], [prompt, chatbot, conversation],
                                            **instant))
         then_answer(regenerate.click(retry, [conversation], [chatbot, conversation], **instant))
@@ -715,6 +797,7 @@ def launch(app: gr.Blocks, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
     app.queue(default_concurrency_limit=1, max_size=QUEUE_MAX_SIZE)
     try:
         app.launch(server_name=host, server_port=port, share=False, auth=auth, inbrowser=False,
+                   max_file_size=docs.DEFAULT_MAX_FILE_BYTES,
                    prevent_thread_lock=not block, quiet=quiet, show_error=False, ssr_mode=False,
                    footer_links=[] if kiosk else ["gradio", "settings"], mcp_server=False, pwa=False,
                    theme=theme(kiosk), css=KIOSK_CSS if kiosk else CSS)

@@ -123,3 +123,15 @@ def z1_model(workdir) -> Path:
     source = build_scripted_checkpoint(workdir / "GLM-Z1-scripted", ["让我想想", "</think>", "\n", "Done", "!"],
                                        reasoning=True, start="<think>")
     return _convert(source, workdir / "z1-scripted-fp16-ov", weight_format="fp16")
+
+
+PYTHON_CALL_PIECES = ["python", "\n", "```python\n", "print(6*7)", "\n```"]
+
+
+@pytest.fixture(scope="session")
+def python_model(workdir) -> Path:
+    """Calls GLM-4's built-in python tool: `python\\n```python\\nprint(6*7)\\n```` then `<|observation|>`."""
+    from glm4_edge.convert.synthetic import build_scripted_checkpoint
+
+    source = build_scripted_checkpoint(workdir / "python-tool", PYTHON_CALL_PIECES, end="<|observation|>")
+    return _convert(source, workdir / "python-tool-fp16-ov", weight_format="fp16")

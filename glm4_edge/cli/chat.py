@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
+from ..documents import read_document
 from ..errors import Glm4EdgeError
 from .common import add_model_args, add_sampling_args, load_model, sampling_options
+from .documents import ProgressLine, add_file_arg, attach_files, read_files
 
-HELP = "commands: /clear (new conversation), /stats (last answer), /exit; Ctrl-C stops an answer"
+HELP = ("commands: /file PATH (attach a document to your next message), /clear (new conversation), "
+        "/stats (last answer), /exit; Ctrl-C stops an answer")
 
 
 def add_parser(subparsers) -> None:
@@ -25,6 +30,10 @@ def add_chat_args(parser) -> None:
     parser.add_argument("--system", help="system prompt")
     parser.add_argument("--trim-history", action="store_true",
                         help="drop the oldest turns instead of failing when the context is full")
+    add_file_arg(parser)
+    parser.add_argument("--tools", choices=["python"], action="append", default=[],
+                        help="python: let the model run Python code in a sandbox (no network, limits; "
+                             "see docs/documents.md)")
     add_sampling_args(parser)
 
 
@@ -32,10 +41,20 @@ def run(args: argparse.Namespace) -> int:
     console = Console(highlight=False)
     err = Console(stderr=True, highlight=False)
     options = sampling_options(args)
+    documents = read_files(args)
     with err.status(f"loading {args.model} on {args.device}"):
         model = load_model(args)
     err.print(f"[bold]{model.describe()}[/] · loaded in {model.load_s:.1f} s · {HELP}")
-    chat = model.chat(system=args.system, trim_history=args.trim_history, **options)
+    if "python" in args.tools:
+        from ..code_tool import open_tool_chat
+
+        chat = open_tool_chat(model, system=args.system, **options)
+        err.print(f"[dim]python tool on: code runs sandboxed in {chat.sandbox.workdir}[/]")
+        atexit.register(chat.close)  # the session and its working folder go with the REPL
+    else:
+        chat = model.chat(system=args.system, trim_history=args.trim_history, **options)
+    for document in documents:
+        err.print(f"[dim]attached {document.name} ({document.chars:,} characters) to your first message[/]")
     while True:
         try:
             text = input(">>> ")
@@ -53,7 +72,21 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if command == "/clear":
             chat.reset()
+            documents = []
             err.print("[dim]conversation cleared[/]")
+            continue
+        if command.startswith("/file"):
+            path = command[len("/file"):].strip()
+            if not path:
+                err.print("[dim]usage: /file PATH[/]")
+                continue
+            try:
+                documents.append(read_document(path))
+            except Glm4EdgeError as error:
+                err.print(f"[red]{error}[/]")
+                continue
+            err.print(f"[dim]attached {documents[-1].name} ({documents[-1].chars:,} characters) to your next "
+                      "message[/]")
             continue
         if command == "/stats":
             err.print(chat.last_stats.summary() if chat.last_stats else "[dim]no answer yet[/]")
@@ -61,18 +94,33 @@ def run(args: argparse.Namespace) -> int:
         if command.startswith("/"):
             err.print(f"[dim]unknown command {command}; {HELP}[/]")
             continue
-        answer(chat, text, console, err)
+        if answer(chat, text, console, err, documents, args.max_new_tokens):
+            documents = []
 
 
-def answer(chat, text: str, console: Console, err: Console) -> None:
+def answer(chat, text: str, console: Console, err: Console, documents=(), max_new_tokens: int = 0) -> bool:
+    """Stream one answer; False when the message was refused (its documents stay attached)."""
+    if documents:
+        turn = [*chat.messages, {"role": "user", "content": text}]
+        try:
+            attach_files(chat.model, turn, documents, max_new_tokens)
+        except Glm4EdgeError as error:
+            err.print(f"[red]{error}[/]")
+            return False
+        text = turn[-1]["content"]
     try:
         stream = chat.send(text)
     except Glm4EdgeError as error:
         err.print(f"[red]{error}[/]")
-        return
+        return False
     thinking = False
+    progress = ProgressLine()
     try:
         for chunk in stream:
+            if not hasattr(chunk, "text"):  # a python tool call (code_tool.ToolEvent)
+                show_tool_event(chunk, console)
+                continue
+            progress.update(chunk)
             if chunk.reasoning:
                 if not thinking:
                     console.print("[dim]thinking: [/]", end="")
@@ -91,7 +139,15 @@ def answer(chat, text: str, console: Console, err: Console) -> None:
         stream.close()
         print()
         err.print("[dim](stopped)[/]")
-        return
+        return True
     print()
     if chat.last_stats:
         err.print(f"[dim]{chat.last_stats.summary()}[/]")
+    return True
+
+
+def show_tool_event(event, console: Console) -> None:
+    if event.result is None:
+        console.print(f"\n[cyan]python[/]\n[dim]{escape(event.code)}[/]")
+    else:
+        console.print(f"[cyan]output[/]\n{escape(event.result.as_tool_text())}")

@@ -12,6 +12,7 @@ from typing import Any
 from ..errors import BadParameterError, Glm4EdgeError
 from ..glm_format import tool_schemas
 from .common import add_model_args, add_sampling_args, load_model, sampling_options
+from .documents import ProgressLine, add_file_arg, attach_files, read_files
 
 DEFAULT_BATCH_SIZE = 8
 
@@ -26,6 +27,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--system", help="system prompt")
     parser.add_argument("--tools", type=Path, metavar="TOOLS.json",
                         help="JSON list of function schemas the model may call (OpenAI format)")
+    add_file_arg(parser)
     parser.add_argument("--json", action="store_true", help="print the reply and stats as JSON")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="prompts per batched call")
     add_sampling_args(parser)
@@ -53,6 +55,8 @@ def read_tools(path: Path | None) -> list[dict] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.file and args.batch is not None:
+        raise BadParameterError("--file goes with -p; in a --batch, put the text in the messages", "file")
     if args.batch is not None:
         return run_batch(args)
     if args.output is not None:
@@ -61,16 +65,20 @@ def run(args: argparse.Namespace) -> int:
     if not prompt.strip():
         raise BadParameterError("the prompt is empty", "prompt")
     options = {**sampling_options(args), "tools": read_tools(args.tools)}
+    documents = read_files(args)
     model = load_model(args)
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": prompt}]
+    attach_files(model, messages, documents, args.max_new_tokens)
     if args.json:
         reply = model.generate(messages, **options)
         print(json.dumps({"text": reply.text, "reasoning": reply.reasoning, "tool_calls": reply.tool_calls,
                           "finish_reason": reply.finish_reason, "stats": reply.stats.as_dict()},
                          ensure_ascii=False))
         return 0
+    progress = ProgressLine()
     for chunk in model.stream(messages, **options):
+        progress.update(chunk)
         sys.stdout.write(chunk.text)
         for call in chunk.tool_calls or []:
             sys.stdout.write(f"{call['name']}({call['arguments']})")

@@ -44,6 +44,9 @@ def add_parser(subparsers) -> None:
                         help="kiosk texts, examples, language and idle timeout (see docs/kiosk.md)")
     parser.add_argument("--auth", metavar="USER:PASS", help="ask for this user name and password first")
     add_verify_arg(parser, "kiosk")
+    parser.add_argument("--tools", choices=["python"], action="append", default=[],
+                        help="python: let the model run Python code in a sandbox per tab (not with --kiosk; "
+                             "see docs/documents.md)")
     parser.set_defaults(run=run)
 
 
@@ -51,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     # Check everything the user typed before the slow part (Gradio import, model load).
     if args.config is not None and not args.kiosk:
         raise Glm4EdgeError("--config sets up kiosk mode; add --kiosk (or drop --config)")
+    if args.kiosk and args.tools:
+        raise Glm4EdgeError("--tools python is not available with --kiosk: a public terminal must not run code")
     if not 0 < args.port <= MAX_PORT:
         raise Glm4EdgeError(f"--port must be between 1 and {MAX_PORT}, got {args.port}")
     from .. import ui
@@ -63,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     if args.kiosk:  # a public terminal must never run a damaged copy
         args.model, verified = verify_at_start(args.model, "ui", skip=args.no_verify)
     model = load_model(args, warm_up=True)  # the first visitor should not pay for lazy initialisation
-    app = ui.build_app(model, kiosk_config, system_prompt=args.system, **options)
+    app = ui.build_app(model, kiosk_config, system_prompt=args.system, python_tool="python" in args.tools,
+                       **options)
     if not is_loopback(args.host) and auth is None:
         print(f"glm4-edge ui: note: listening on {args.host} without --auth; anyone on the network can chat",
               file=sys.stderr)

@@ -1,0 +1,103 @@
+"""Chunked prefill of long prompts: progress, the same answer as one-shot prefill, cancel between chunks."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import pytest
+
+from glm4_edge.prefill import CHUNK_ALIGN_TOKENS, PrefillProgress, chunk_ends
+
+from .conftest import REASONING_ANSWER
+
+LONG = "The quick brown fox jumps over the lazy dog. " * 30  # ~1,200 tokens on the tiny tokenizer
+
+
+def test_chunks_are_block_aligned_and_sized_by_rate():
+    assert chunk_ends(10_000, 1024, None, 0) == 1024
+    assert chunk_ends(100_000, 1024, 1000.0, 1024) == 1024 + 2816  # ~3 s at 1,000 tok/s, aligned down
+    assert chunk_ends(100_000, 1024, 1.0, 0) == CHUNK_ALIGN_TOKENS  # never below one aligned chunk
+    assert chunk_ends(1100, 1024, None, 0) == 1100  # a remainder under one chunk goes to the real generate
+
+
+def test_progress_summary_says_done_rate_and_time_left():
+    progress = PrefillProgress(done=8192, total=32768, elapsed_s=4.0)
+    assert progress.tokens_per_s == 2048 and progress.eta_s == 12.0
+    assert progress.summary() == "reading the prompt: 8,192/32,768 tokens · 2,048 tok/s · 12 s left"
+
+
+@pytest.fixture(scope="module")
+def scripted(scripted_model):
+    import glm4_edge
+
+    model = glm4_edge.load(scripted_model)
+    model.prefill_threshold, model.prefill_first_chunk, model.prefill_chunk_s = 256, CHUNK_ALIGN_TOKENS, 1e-6
+    return model
+
+
+def test_long_prompt_reports_progress_and_answers_the_same(scripted):
+    chunks = list(scripted.stream(LONG, temperature=0.0, max_new_tokens=64))
+    progress = [c.progress for c in chunks if c.progress is not None]
+    total = chunks[-1].stats.prompt_tokens
+    assert len(progress) >= 2 and all(p.total == total for p in progress)
+    assert [p.done for p in progress] == sorted({p.done for p in progress})
+    assert all(p.done % CHUNK_ALIGN_TOKENS == 0 for p in progress) and progress[-1].done < total
+    assert "".join(c.text for c in chunks) == REASONING_ANSWER
+    assert chunks[-1].stats.ttft_s >= progress[-1].elapsed_s  # TTFT counts the chunks
+
+
+def test_short_prompts_are_not_chunked(scripted):
+    assert all(c.progress is None for c in scripted.stream("hi", temperature=0.0))
+
+
+def test_cancel_between_chunks(scripted):
+    cancel = threading.Event()
+    chunks = []
+    for chunk in scripted.stream(LONG, temperature=0.0, cancel=cancel):
+        chunks.append(chunk)
+        if chunk.progress is not None:
+            cancel.set()
+    assert [c.progress is not None for c in chunks] == [True, False]
+    assert chunks[-1].finish_reason == "cancelled" and not chunks[-1].text
+    assert not scripted.busy
+    assert scripted.generate("hi", temperature=0.0).text == REASONING_ANSWER  # the model is free again
+
+
+def test_chunked_prefill_reuses_the_cache_correctly(tiny_int4):
+    """A random model's greedy answer depends on every prompt token: chunks must leave the exact KV."""
+    import glm4_edge
+
+    model = glm4_edge.load(tiny_int4)
+    model.prefill_threshold = 0
+    one_shot = model.generate(LONG, temperature=0.0, max_new_tokens=24, ignore_eos=True).text
+    model.prefill_threshold, model.prefill_first_chunk, model.prefill_chunk_s = 256, CHUNK_ALIGN_TOKENS, 1e-6
+    chunks = list(model.stream(LONG, temperature=0.0, max_new_tokens=24, ignore_eos=True))
+    assert sum(c.progress is not None for c in chunks) >= 2
+    assert "".join(c.text for c in chunks) == one_shot
+
+
+def test_cli_progress_line_is_rewritten_and_cleared():
+    from glm4_edge.cli.documents import ProgressLine
+    from glm4_edge.model import Chunk
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    line = ProgressLine(terminal)
+    line.update(Chunk(progress=PrefillProgress(1024, 4096, 1.0)))
+    line.update(Chunk(text="answer"))
+    assert terminal.getvalue() == ("\r\033[2Kreading the prompt: 1,024/4,096 tokens · 1,024 tok/s · 3 s left"
+                                   "\r\033[2K")
+
+
+def test_u4_kv_cache_is_prefilled_in_one_call(tiny_int4):
+    """Chunked prefill with a u4 KV cache crashes openvino-genai 2026.4.1 (heap corruption): not used there."""
+    import glm4_edge
+
+    model = glm4_edge.load(tiny_int4, properties={"KV_CACHE_PRECISION": "u4"})
+    model.prefill_threshold, model.prefill_first_chunk, model.prefill_chunk_s = 256, CHUNK_ALIGN_TOKENS, 1e-6
+    chunks = list(model.stream(LONG, temperature=0.0, max_new_tokens=8, ignore_eos=True))
+    assert not any(c.progress is not None for c in chunks) and chunks[-1].finish_reason == "length"
