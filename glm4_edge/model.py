@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import devices, glm_format, prompting
+from . import devices, glm_format, json_grammar, prompting
 from .errors import BadParameterError, ContextOverflowError, Glm4EdgeError, ModelFormatError
 from .manifest import Manifest, read_manifest
 from .streaming import CallbackStream
@@ -197,7 +197,8 @@ class Model:
                       stop: str | Sequence[str] | None = None, ignore_eos: bool = False,
                       cancel: threading.Event | None = None) -> Iterator[Chunk]:
         """`stream` for a prompt already rendered. parse=False yields the model's raw text (completions);
-        `json_schema` constrains the output through openvino-genai's structured output."""
+        `json_schema` constrains the output through openvino-genai's structured output, with compact
+        JSON (see `json_grammar`); a `json_grammar.ToolCallGrammar` there constrains a tool-call turn."""
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         ids = self.encode(prompt)
         inputs = prompting.token_inputs([ids])
@@ -208,10 +209,8 @@ class Model:
             raise ContextOverflowError(prompt_tokens, max_new_tokens, self.context_length)
         config = self._generation_config(max_new_tokens, temperature, top_p, top_k, repetition_penalty,
                                          presence_penalty, frequency_penalty, seed, ignore_eos)
-        if json_schema is not None:
-            import openvino_genai
-
-            config.structured_output_config = openvino_genai.StructuredOutputConfig(json_schema=json_schema)
+        if json_schema is not None:  # a JSON schema's text, or a json_grammar.ToolCallGrammar
+            config.structured_output_config = json_grammar.output_config(json_schema)
         return self._stream(inputs, prompt_tokens, config, stops, list(tool_names), cancel, parse=parse)
 
     def _stream(self, inputs, prompt_tokens: int, config, stops: list[str], tool_names: list[str],
