@@ -164,6 +164,8 @@ def _drop(client: httpx.Client, index: int, model: str) -> None:
                 continue
             if line == "data: [DONE]" or '"finish_reason":"' in line.replace(" ", ""):
                 raise ValueError("the answer ended before the drop")
+            if line.startswith('data: {"error"'):  # failed mid-stream: not a drop, and worth knowing
+                raise ValueError(f"the stream failed before the drop: {line[6:200]}")
             events += 1
             if events >= DROP_AFTER_EVENTS:
                 break  # leaving the block closes the connection mid-stream

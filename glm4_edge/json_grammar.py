@@ -2,8 +2,8 @@
 
 openvino-genai hands a `json_schema` to xgrammar with its default of any whitespace between JSON
 tokens, so a small or unsure model can write `{"result":1` and then newlines until max_tokens (the
-grammar lets it). Here the schema becomes an xgrammar EBNF grammar whose separators are exactly
-`,` and `:` (the compact form `json.dumps(..., separators=(",", ":"))` writes), and whose numbers
+grammar lets it). Here the schema becomes an xgrammar EBNF grammar with no whitespace but at most one
+space after each `,` and `:` (the forms `json.dumps` writes, compact or default), and whose numbers
 have at most 16 integer and 16 fraction digits (llama.cpp's json-schema-to-grammar bounds, for the
 same reason: an unbounded digit run is another way to never finish).
 
@@ -27,6 +27,9 @@ MAX_EXPONENT_DIGITS = 3  # 1e999 is past float64 already
 # Keywords the EBNF below does not express: such a schema is left to xgrammar's JSON-schema compiler.
 XGRAMMAR_ONLY_KEYWORDS = ("pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 
+# At most one space after each separator: json.dumps's default form, which models have read most, and
+# still no room to pad.
+_SEPARATORS = {"json_comma": '"," " "?', "json_colon": '":" " "?'}
 _BASIC_RULES = {
     "json_char": r'[^"\\\x00-\x1f] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})',
     "json_string": r'"\"" json_char* "\""',
@@ -36,8 +39,8 @@ _BASIC_RULES = {
     "json_boolean": '"true" | "false"',
     "json_null": '"null"',
     "json_value": "json_object | json_array | json_string | json_number | json_boolean | json_null",
-    "json_object": '"{" (json_string ":" json_value ("," json_string ":" json_value)*)? "}"',
-    "json_array": '"[" (json_value ("," json_value)*)? "]"',
+    "json_object": '"{" (json_string json_colon json_value (json_comma json_string json_colon json_value)*)? "}"',
+    "json_array": '"[" (json_value (json_comma json_value)*)? "]"',
 }
 
 
@@ -140,7 +143,7 @@ class _Builder:
             if low == 0 and high is None:
                 return self._basic("json_string")
             self._basic("json_char")
-            return self._new(f'"\\"" json_char{{{low},{"" if high is None else high}}} "\\""')
+            return self._new(f'"\\"" {_repeat("json_char", low, high)} "\\""')
         return self._basic({"integer": "json_integer", "number": "json_number", "boolean": "json_boolean",
                             "null": "json_null"}[kind])
 
@@ -148,27 +151,27 @@ class _Builder:
         properties: dict[str, Any] = schema.get("properties", {})
         required = set(schema.get("required", []))
         extra = schema.get("additionalProperties", not properties)  # as xgrammar's strict mode
-        pairs = [(literal(_compact(name)) + ' ":" ' + self.rule_for(child), name in required)
+        pairs = [(literal(_compact(name)) + ' json_colon ' + self.rule_for(child), name in required)
                  for name, child in properties.items()]
         extra_pair = None
         if extra is not False:
             value = self.rule_for(True if extra is True else extra)
-            extra_pair = f'{self._basic("json_string")} ":" {value}'
+            extra_pair = f'{self._basic("json_string")} json_colon {value}'
         # tail[i][first]: properties i.. in order, `first` when nothing has been written yet.
         tail: dict[bool, str] = {}
         if extra_pair is None:
             tail = {True: '""', False: '""'}
         else:
-            more = self._new(f'("," {extra_pair})*')
+            more = self._new(f'(json_comma {extra_pair})*')
             tail = {True: self._new(f'({extra_pair} {more})?'), False: more}
         for pair, is_required in reversed(pairs):
             later = tail
             if is_required:
                 tail = {True: self._new(f"{pair} {later[False]}"),
-                        False: self._new(f'"," {pair} {later[False]}')}
+                        False: self._new(f'json_comma {pair} {later[False]}')}
             else:
                 tail = {True: self._new(f"{pair} {later[False]} | {later[True]}"),
-                        False: self._new(f'("," {pair})? {later[False]}')}
+                        False: self._new(f'(json_comma {pair})? {later[False]}')}
         return self._new(f'"{{" {tail[True]} "}}"')
 
     def _array(self, schema: dict[str, Any]) -> str:
@@ -178,24 +181,26 @@ class _Builder:
         if item_schema is False or (high is not None and high <= len(prefix)):
             count = len(prefix) if high is None else min(high, len(prefix))
             items = prefix[:max(count, low)]
-            return self._new('"[" ' + ' "," '.join(items) + ' "]"' if items else '"[" "]"')
+            return self._new('"[" ' + ' json_comma '.join(items) + ' "]"' if items else '"[" "]"')
         item = self.rule_for(item_schema)
         if prefix:  # the prefix, then more items
             rest_low = max(0, low - len(prefix))
-            rest_high = "" if high is None else str(high - len(prefix))
-            body = ' "," '.join(prefix) + f' ("," {item}){{{rest_low},{rest_high}}}'
+            rest_high = None if high is None else high - len(prefix)
+            body = ' json_comma '.join(prefix) + " " + _repeat(f"(json_comma {item})", rest_low, rest_high)
             if low < len(prefix):  # shorter arrays are valid too: each prefix length from `low`
-                shorter = [' "," '.join(prefix[:n]) for n in range(max(low, 1), len(prefix))]
+                shorter = [' json_comma '.join(prefix[:n]) for n in range(max(low, 1), len(prefix))]
                 body = " | ".join([f"({body})", *shorter])
             empty = ' | ""' if low == 0 else ""
             return self._new(f'"[" ({body}{empty}) "]"')
         if high == 0:
             return self._new('"[" "]"')
-        more = f'("," {item}){{{max(0, low - 1)},{"" if high is None else high - 1}}}'
+        more = _repeat(f"(json_comma {item})", max(0, low - 1), None if high is None else high - 1)
         return self._new(f'"[" {item} {more} "]"' if low > 0 else f'"[" ({item} {more})? "]"')
 
     def text(self, root_rule: str) -> str:
         lines = [f"root ::= {root_rule}"] + [f"{name} ::= {body}" for name, body in self.rules.items()]
+        used = " ".join([root_rule, *self.rules.values()])
+        lines += [f"{name} ::= {body}" for name, body in _SEPARATORS.items() if name in used]
         return "\n".join(lines) + "\n"
 
 
@@ -212,6 +217,13 @@ def _needs(name: str) -> list[str]:
             seen.append(rule)
             todo.extend(uses.get(rule, []))
     return seen
+
+
+def _repeat(item: str, low: int, high: int | None) -> str:
+    """`item` repeated low..high times (high None: no limit) in xgrammar's EBNF."""
+    if high is None:
+        return f"{item}*" if low == 0 else f"{item}+" if low == 1 else f"{item}{{{low},}}"
+    return f"{item}{{{low},{high}}}"
 
 
 def _compact(value: Any) -> str:

@@ -554,11 +554,10 @@ def parse_chat(body: dict) -> ChatRequest:
     elif forced is not None:
         forced = {**forced, "parameters": _constrainable(forced)}
     stream, include_usage = _stream_flags(body)
+    parallel = body.get("parallel_tool_calls") is None or _flag(body, "parallel_tool_calls")
     return ChatRequest(model=_model_field(body), sampling=parse_sampling(body), stream=stream,
                        include_usage=include_usage, json_schema=_json_schema(body), messages=checked,
-                       tools=schemas, forced_tool=forced, any_tool=any_tool,
-                       parallel_tool_calls=_flag(body, "parallel_tool_calls") if body.get(
-                           "parallel_tool_calls") is not None else True,
+                       tools=schemas, forced_tool=forced, any_tool=any_tool, parallel_tool_calls=parallel,
                        legacy_functions=legacy)
 
 

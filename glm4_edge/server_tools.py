@@ -40,15 +40,15 @@ REFUSED_FIELDS = {
     "moderation": "this server does not moderate",
 }
 # OpenAI's defaults: sending them asks for nothing, so they are accepted.
-DEFAULT_VALUES = {"service_tier": ("auto", "default"), "verbosity": ("medium",), "store": (False,),
-                  "prompt_cache_retention": ("in_memory", "in-memory"), "logprobs": (False, 0)}
+DEFAULT_VALUES = {"service_tier": ("auto", "default"), "verbosity": ("medium",),
+                  "prompt_cache_retention": ("in_memory", "in-memory")}
 
 
 def check_fields(body: dict[str, Any]) -> str | None:
     """-> the name of a refused field `body` sets (its message from `refusal`), or None."""
     for name in REFUSED_FIELDS:
         value = body.get(name)
-        if value is None or value in DEFAULT_VALUES.get(name, ()) or value in ({}, []):
+        if not value or value in DEFAULT_VALUES.get(name, ()):  # unset, empty or false asks for nothing
             continue
         return name
     modalities = body.get("modalities")
