@@ -252,6 +252,16 @@ def tool_call_grammar(tools: ToolCallGrammar) -> str:
     return builder.text(" | ".join(options))
 
 
+def _element(schema: dict[str, Any]):
+    """A structural-tag element for `schema`: the compact EBNF where it can express the schema."""
+    import openvino_genai
+
+    config = openvino_genai.StructuredOutputConfig
+    if needs_xgrammar(schema):
+        return config.JSONSchema(json.dumps(schema))
+    return config.EBNF(schema_grammar(schema))
+
+
 def output_config(constraint: str | ToolCallGrammar):
     """openvino_genai.StructuredOutputConfig for a JSON schema (text) or a `ToolCallGrammar`."""
     import openvino_genai
@@ -260,7 +270,7 @@ def output_config(constraint: str | ToolCallGrammar):
     if isinstance(constraint, ToolCallGrammar):
         if not any(needs_xgrammar(parameters) for _, parameters in constraint.tools):
             return config(grammar=tool_call_grammar(constraint))
-        calls = [config.Concat(config.ConstString(name + "\n"), config.JSONSchema(json.dumps(parameters)))
+        calls = [config.Concat(config.ConstString(name + "\n"), _element(parameters))
                  for name, parameters in constraint.tools]
         return config(compound_grammar=calls[0] if len(calls) == 1 else config.Union(*calls))
     schema = json.loads(constraint)

@@ -343,4 +343,14 @@ def test_compact_grammars_compile_and_hold(tiny_chat):
             value = json.loads(text)
             jsonschema.validate(value, schema)
             assert not _padded(text), text
-    assert json_grammar.needs_xgrammar({"type": "object", "properties": {"d": {"type": "string", "format": "date"}}})
+    dated = {"type": "object", "properties": {"d": {"type": "string", "format": "date"}}, "required": ["d"]}
+    assert json_grammar.needs_xgrammar(dated)
+    # A tool xgrammar must compile beside one the compact grammar expresses: each keeps its own form.
+    tools = json_grammar.ToolCallGrammar((("add", _schema("add")), ("when", dated)))
+    chunks = list(model.stream_prompt(prompt, parse=False, json_schema=tools, max_new_tokens=60, temperature=0))
+    name, _, arguments = "".join(c.text for c in chunks).partition("\n")
+    if name == "add":
+        assert chunks[-1].finish_reason == "stop" and not _padded(arguments)
+        jsonschema.validate(json.loads(arguments), _schema("add"))
+    else:
+        assert name == "when"
