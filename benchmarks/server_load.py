@@ -151,18 +151,24 @@ def _one_request(client: httpx.Client, index: int, max_tokens: int, model: str) 
 
 
 def _drop(client: httpx.Client, index: int, model: str) -> None:
+    # ignore_eos: a model that ends its answer within DROP_AFTER_EVENTS events (random weights often
+    # write an end token at once) would otherwise finish on its own, and the "drop" would cancel nothing.
     body = {"model": model, "messages": [{"role": "user", "content": f"drop {index}"}],
-            "max_tokens": DROP_MAX_TOKENS, "temperature": 0, "stream": True}
+            "max_tokens": DROP_MAX_TOKENS, "temperature": 0, "stream": True, "ignore_eos": True}
     with client.stream("POST", "/v1/chat/completions", json=body) as response:
         if response.status_code != 200:
             raise ValueError(f"HTTP {response.status_code}")
         events = 0
         for line in response.iter_lines():
-            events += line.startswith("data: ")
+            if not line.startswith("data: "):
+                continue
+            if line == "data: [DONE]" or '"finish_reason":"' in line.replace(" ", ""):
+                raise ValueError("the answer ended before the drop")
+            if line.startswith('data: {"error"'):  # failed mid-stream: not a drop, and worth knowing
+                raise ValueError(f"the stream failed before the drop: {line[6:200]}")
+            events += 1
             if events >= DROP_AFTER_EVENTS:
                 break  # leaving the block closes the connection mid-stream
-        if events < DROP_AFTER_EVENTS:
-            raise ValueError("stream ended before the drop")
 
 
 def _percentile(values: list[float], fraction: float) -> float:

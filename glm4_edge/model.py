@@ -218,7 +218,9 @@ class Model:
     def stream_prompt(self, prompt: str, *, parse: bool = True, tool_names: Sequence[str] = (),
                       json_schema: str | None = None, cancel: threading.Event | None = None,
                       **options: Any) -> Iterator[Chunk]:
-        """`stream` for a prompt already rendered. parse=False yields the model's raw text (completions)."""
+        """`stream` for a prompt already rendered. parse=False yields the model's raw text (completions);
+        `json_schema` constrains the output through openvino-genai's structured output, with compact
+        JSON (see `json_grammar`); a `json_grammar.ToolCallGrammar` there constrains a tool-call turn."""
         return self._stream_checked(prompt, GenerationOptions.of(options), parse=parse, tool_names=tool_names,
                                     json_schema=json_schema, cancel=cancel)
 

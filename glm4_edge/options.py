@@ -161,10 +161,10 @@ class GenerationOptions:
         if native_stop and self.stop:
             config.stop_strings = set(self.stop)
             config.include_stop_str_in_output = True
-        if json_schema is not None:
-            import openvino_genai
+        if json_schema is not None:  # a JSON schema's text, or a json_grammar.ToolCallGrammar: compact JSON
+            from . import json_grammar
 
-            config.structured_output_config = openvino_genai.StructuredOutputConfig(json_schema=json_schema)
+            config.structured_output_config = json_grammar.output_config(json_schema)
         return config
 
 

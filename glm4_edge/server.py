@@ -26,10 +26,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import glm_format, tool_choice
+from . import glm_format, server_tools, tool_choice
 from .batching import BatchedModel
 from .errors import BadParameterError, ContextOverflowError, Glm4EdgeError
 from .fallback import StaticShapeError
+from .json_grammar import ToolCallGrammar
 from .model import Chunk, GenerationStats, Model, forced_tool_stream, openvino_reason
 from .options import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, check_number, stop_list
 
@@ -47,11 +48,6 @@ TTFT_BUCKETS_S = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TOKENS_PER_S_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 QUEUE_WAIT_BUCKETS_S = (0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0)
 
-# Fields that change the answer but have no GLM-4/OpenVINO equivalent here: refused, never ignored.
-# The second line are vLLM's sampling extensions, which clients of local servers often send.
-UNSUPPORTED_WHEN_SET = ("logit_bias", "logprobs", "top_logprobs", "audio", "prediction", "echo", "suffix",
-                        "min_p", "min_tokens", "stop_token_ids", "include_stop_str_in_output", "use_beam_search",
-                        "length_penalty", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
 # Chat-only fields a raw completion cannot honour.
 CHAT_ONLY = ("messages", "tools", "tool_choice", "parallel_tool_calls")
 
@@ -237,6 +233,9 @@ class ChatRequest(GenerationRequest):
     messages: list[dict[str, Any]] = field(default_factory=list)
     tools: list[dict[str, Any]] = field(default_factory=list)  # function schemas; [] when tool_choice none
     forced_tool: dict[str, Any] | None = None  # tool_choice naming a function
+    any_tool: ToolCallGrammar | None = None  # tool_choice "required" among several functions
+    parallel_tool_calls: bool = True
+    legacy_functions: bool = False  # asked with functions/function_call: answer in that shape
 
 
 @dataclass
@@ -261,6 +260,10 @@ def _number(body: dict, name: str, default: Any, option: str | None = None) -> A
         raise bad_param(name, str(error)) from None
 
 
+def _bound(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
 def _flag(body: dict, name: str) -> bool:
     value = body.get(name, False)
     if value is None:
@@ -271,10 +274,9 @@ def _flag(body: dict, name: str) -> bool:
 
 
 def parse_sampling(body: dict) -> Sampling:
-    for name in UNSUPPORTED_WHEN_SET:
-        if body.get(name):
-            raise bad_param(name, f"{name} is not supported by this server; remove it",
-                            "unsupported_parameter")
+    refused = server_tools.check_fields(body)
+    if refused is not None:
+        raise bad_param(refused, server_tools.refusal(refused), "unsupported_parameter")
     for name in ("n", "best_of"):  # one choice per request: the pipeline decodes one sequence
         if body.get(name) not in (None, 1):
             raise bad_param(name, f"only {name}=1 is supported, got {body[name]!r}", "unsupported_value")
@@ -510,6 +512,10 @@ def _model_field(body: dict) -> str | None:
 
 
 def parse_chat(body: dict) -> ChatRequest:
+    try:
+        body, legacy = server_tools.legacy_functions(body)
+    except ValueError as error:
+        raise bad_param("functions", str(error)) from None
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad_param("messages", "messages must be a non-empty list of {role, content} objects")
@@ -536,24 +542,38 @@ def parse_chat(body: dict) -> ChatRequest:
     except BadParameterError as error:
         raise bad_param("tools", str(error)) from None
     schemas, forced = _tool_choice(body.get("tool_choice"), schemas)
-    if forced is not None:
-        try:
-            check_json_schema(forced.get("parameters") or {}, "tools")
-        except ApiError:
-            # Parameters grammar-constrained decoding cannot honour: still force a JSON object.
-            forced = {**forced, "parameters": {"type": "object"}}
+    any_tool = None
+    if isinstance(forced, list):  # "required" among several: one grammar alternative per function
+        any_tool = ToolCallGrammar(tuple((tool["name"], _constrainable(tool)) for tool in forced))
+        forced = None
+    elif forced is not None:
+        forced = {**forced, "parameters": _constrainable(forced)}
     stream, include_usage = _stream_flags(body)
     json_schema = _json_schema(body)
-    if forced is not None and json_schema is not None:  # as Model.stream refuses json_schema with it
+    if (forced is not None or any_tool is not None) and json_schema is not None:  # as Model.stream refuses it
         raise bad_param("response_format", "response_format cannot go with a tool_choice that forces a call: the "
                                            "call's arguments follow the tool's parameters schema")
+    parallel = body.get("parallel_tool_calls") is None or _flag(body, "parallel_tool_calls")
     return ChatRequest(model=_model_field(body), sampling=parse_sampling(body), stream=stream,
                        include_usage=include_usage, json_schema=json_schema, messages=checked,
-                       tools=schemas, forced_tool=forced)
+                       tools=schemas, forced_tool=forced, any_tool=any_tool, parallel_tool_calls=parallel,
+                       legacy_functions=legacy)
 
 
-def _tool_choice(choice: Any, schemas: list[dict]) -> tuple[list[dict], dict | None]:
-    """-> (tools to show the model, the function it must call or None)."""
+def _constrainable(tool: dict[str, Any]) -> dict[str, Any]:
+    """The tool's parameters, or any JSON object where grammar-constrained decoding cannot honour them."""
+    parameters = tool.get("parameters") or {"type": "object"}
+    try:
+        check_json_schema(parameters, "tools")
+    except ApiError:
+        return {"type": "object"}
+    return parameters
+
+
+def _tool_choice(choice: Any, schemas: list[dict]) -> tuple[list[dict], dict | list[dict] | None]:
+    """-> (tools to show the model, the function it must call, the functions it must call one of, or None)."""
+    if choice == "required" and len(schemas) > 1:  # the server constrains the call to one of several names
+        return schemas, schemas
     if isinstance(choice, str) and choice not in tool_choice.CHOICES:  # OpenAI takes no bare function name
         raise bad_param("tool_choice", "tool_choice must be 'none', 'auto', 'required' or "
                                        "{\"type\": \"function\", \"function\": {\"name\": ...}}")
@@ -591,7 +611,7 @@ def _default_max_tokens(model: Model, prompt_tokens: int) -> int:
 
 
 def stream_prompt(model: Model, prompt: str, sampling: Sampling, cancel: threading.Event, *, parse: bool,
-                  tool_names: Sequence[str] = (), json_schema: str | None = None) -> Iterator[Chunk]:
+                  tool_names: Sequence[str] = (), json_schema: str | ToolCallGrammar | None = None) -> Iterator[Chunk]:
     """`Model.stream_prompt` with OpenAI's default for max_tokens: what the context leaves."""
     max_new_tokens = sampling.max_tokens or _default_max_tokens(model, model.count_tokens(prompt))
     return model.stream_prompt(prompt, parse=parse, tool_names=tool_names, json_schema=json_schema, cancel=cancel,
@@ -600,14 +620,25 @@ def stream_prompt(model: Model, prompt: str, sampling: Sampling, cancel: threadi
 
 def open_chat(model: Model, request: ChatRequest, cancel: threading.Event) -> Iterator[Chunk]:
     """Validate and tokenize now (errors surface before any response); generation starts on iteration."""
+    stream = _open_chat(model, request, cancel)
+    return stream if request.parallel_tool_calls else server_tools.first_call_only(stream)
+
+
+def _open_chat(model: Model, request: ChatRequest, cancel: threading.Event) -> Iterator[Chunk]:
     sampling = request.sampling
+    if request.any_tool is not None:
+        # A tool-call turn whose first tokens are constrained to one declared name, then its arguments.
+        prompt = model.render(request.messages, request.tools).replace_reply_opener(
+            model.generation_prefix, (glm_format.ROLE_TAGS["assistant"], False))
+        raw = stream_prompt(model, prompt, sampling, cancel, parse=False, json_schema=request.any_tool)
+        return server_tools.tool_call_stream(raw, [name for name, _ in request.any_tool.tools])
     if request.forced_tool is not None:
         # The same prompt and stream as `Model.stream(tool_choice=...)`; only the schema may differ (see parse_chat).
         name = request.forced_tool["name"]
         prompt = tool_choice.forced_prompt(model.render(request.messages, request.tools), model.generation_prefix, name)
         raw = stream_prompt(model, prompt, sampling, cancel, parse=False,
                             json_schema=tool_choice.arguments_schema(request.forced_tool))
-        return forced_tool_stream(raw, name)
+        return server_tools.tool_call_stream(raw, [name], prefix=f"{name}\n")
     if request.json_schema is not None:
         prompt = model.render(request.messages, request.tools)
         return stream_prompt(model, prompt, sampling, cancel, parse=True, json_schema=request.json_schema,
@@ -679,6 +710,11 @@ class DisconnectWatch:
                 self.gone.set()
                 return
 
+    async def wait_gone(self) -> dict[str, str]:
+        """An ASGI `receive` for code that listens for the disconnect while this watch reads."""
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
     async def race(self, awaitable) -> Any:
         work = asyncio.ensure_future(awaitable)
         gone = asyncio.ensure_future(self.gone.wait())
@@ -711,6 +747,7 @@ class Scheduler:
             await watch.race(self._slots.acquire())
         except ClientGone:
             stream.close()  # type: ignore[attr-defined]
+            self.metrics.add("cancelled")  # left while queued: a cancelled request all the same
             raise
         finally:
             self.metrics.add("queued", -1)
@@ -991,7 +1028,8 @@ class OpenAIServer:
         body = await self._read_json(request)
         chat = parse_chat(body)
         self._check_model_name(chat.model)
-        return await self._generate(request, chat, open_chat, _ChatFormat(self.config.model_name))
+        fmt = (_LegacyChatFormat if chat.legacy_functions else _ChatFormat)(self.config.model_name)
+        return await self._generate(request, chat, open_chat, fmt)
 
     async def completions(self, request):
         self._authorize(request)
@@ -1035,11 +1073,7 @@ class OpenAIServer:
             return Response(status_code=499)  # nobody reads it; uvicorn drops it
         finally:
             watch.stop()
-        from starlette.responses import StreamingResponse
-
-        return StreamingResponse(self._sse(generation, first, fmt, parsed.include_usage),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return _EventStream(generation, self._sse(generation, first, fmt, parsed.include_usage))
 
     async def _sse(self, generation: Generation, first: Chunk | None, fmt: _Format,
                    include_usage: bool) -> AsyncIterator[str]:
@@ -1060,6 +1094,36 @@ class OpenAIServer:
             yield _sse("[DONE]")
         finally:
             generation.cancel.set()
+
+
+class _EventStream:
+    """An SSE response that stops its generation however the response ends.
+
+    Starlette cancels a streaming body when it sees the client leave, and the body's `finally` stops
+    the model; but a body generator that is merely abandoned (a failed send, a server shutting down)
+    runs its `finally` only when the garbage collector gets to it, and until then the generation
+    decodes on in its slot. Here a disconnect watch runs beside the body, and the response's own
+    `finally` sets the cancel event and closes the body, whatever ended it.
+    """
+
+    def __init__(self, generation: Generation, body: AsyncIterator[str]):
+        self.generation, self.body = generation, body
+
+    async def __call__(self, scope, receive, send) -> None:
+        from starlette.responses import StreamingResponse
+
+        response = StreamingResponse(self.body, media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        watch = DisconnectWatch(receive, self.generation.cancel)
+        try:
+            # The watch reads `receive`; Starlette's own listener gets a receive that waits with it.
+            await watch.race(response(scope, watch.wait_gone, send))
+        except ClientGone:
+            pass
+        finally:
+            watch.stop()
+            self.generation.cancel.set()
+            await self.body.aclose()  # type: ignore[attr-defined]
 
 
 # xgrammar prefixes its messages with "[hh:mm:ss] /build/path/file.cc:123: ": noise to a client.
@@ -1170,6 +1234,16 @@ class _ChatFormat(_Format):
         choice = {"index": 0, "message": message, "logprobs": None,
                   "finish_reason": _finish_reason(reply.finish_reason)}
         return self._envelope([choice], False, usage=_usage(reply.stats), **_served_by(reply.stats))
+
+
+class _LegacyChatFormat(_ChatFormat):
+    """Answers to `functions`/`function_call` requests: the call as `function_call`, as OpenAI did."""
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None, include_usage: bool) -> dict[str, Any]:
+        return server_tools.legacy_shape(super()._chunk(delta, finish, include_usage))
+
+    def whole(self, reply: Collected) -> dict[str, Any]:
+        return server_tools.legacy_shape(super().whole(reply))
 
 
 class _CompletionFormat(_Format):

@@ -30,6 +30,8 @@ def choose(choice: Any, schemas: Sequence[dict]) -> tuple[list[dict], dict | Non
     if choice == "none":
         return [], None
     if choice == "required":
+        if not schemas:
+            raise BadParameterError("tool_choice 'required' needs at least one tool in tools", "tool_choice")
         if len(schemas) != 1:
             raise BadParameterError("tool_choice 'required' needs exactly one tool here; name the function "
                                     "instead: {\"type\": \"function\", \"function\": {\"name\": ...}}", "tool_choice")
