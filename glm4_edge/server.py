@@ -31,7 +31,7 @@ from .batching import BatchedModel
 from .errors import BadParameterError, ContextOverflowError, Glm4EdgeError
 from .fallback import StaticShapeError
 from .json_grammar import ToolCallGrammar
-from .model import Chunk, GenerationStats, Model, forced_tool_stream, openvino_reason
+from .model import Chunk, GenerationStats, Model, openvino_reason
 from .options import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, check_number, stop_list
 
 DEFAULT_HOST = "127.0.0.1"
