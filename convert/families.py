@@ -15,6 +15,7 @@ from typing import Any
 
 from glm4_edge.errors import Glm4EdgeError, ModelFormatError
 from glm4_edge.glm_format import SPECIAL_TOKENS
+from glm4_edge.rope import SCALED_ROPE_TYPES, context_window, rope_entry, rope_type  # noqa: F401 - re-exported
 
 from .lora import LoraAdapter
 from .synthetic import GLM4_SPLIT_PATTERN, LEGACY_EXTRA_SPECIALS
@@ -316,38 +317,6 @@ def link_side_files(source: Path, staged: Path, skip_weights: bool) -> None:
 # --- long context ---------------------------------------------------------------------------------
 
 # RoPE types whose `factor` stretches the pretrained window (transformers' ROPE_INIT_FUNCTIONS).
-SCALED_ROPE_TYPES = ("yarn", "linear", "dynamic", "longrope", "llama3")
-
-
-def rope_entry(config: dict[str, Any]) -> dict[str, Any]:
-    """The RoPE settings transformers 5 uses: `rope_scaling` when set, else `rope_parameters`
-    (`RotaryEmbeddingConfigMixin.convert_rope_params_to_dict`)."""
-    for key in ("rope_scaling", "rope_parameters"):
-        entry = config.get(key)
-        if isinstance(entry, dict) and entry:
-            return entry
-    return {}
-
-
-def rope_type(entry: dict[str, Any]) -> str:
-    """`rope_type`, or the older `type` key; "default" when unscaled."""
-    return str(entry.get("rope_type") or entry.get("type") or "default")
-
-
-def context_window(config: dict[str, Any]) -> int:
-    """Tokens the config's RoPE supports: factor x original window for scaled RoPE (as transformers reads
-    it: `original_max_position_embeddings` defaults to `max_position_embeddings`, a missing factor is their
-    ratio), else `max_position_embeddings` (`seq_length` in a legacy chatglm config)."""
-    native = int(config.get("max_position_embeddings") or config.get("seq_length") or 0)
-    entry = rope_entry(config)
-    if rope_type(entry) not in SCALED_ROPE_TYPES:
-        return native
-    original = int(entry.get("original_max_position_embeddings") or config.get("original_max_position_embeddings")
-                   or native)
-    factor = float(entry.get("factor") or (native / original if original else 1.0))
-    return int(round(factor * original))
-
-
 def apply_context(config: dict[str, Any], family: str, context: int) -> dict[str, Any]:
     """The config whose RoPE supports `context` tokens.
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import device_bench, devices, glm_format, integrity, prefill, prompting, store
+from . import device_bench, devices, glm_format, integrity, prefill, prompting, rope, store
 from . import fallback as npu_fallback
 from .errors import BadParameterError, ContextOverflowError, Glm4EdgeError, ModelFormatError
 from .manifest import Manifest, read_manifest
@@ -633,8 +633,8 @@ def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int 
 def _config_context(folder: Path) -> int:
     try:
         config = json.loads((folder / "config.json").read_text())
-        return int(config.get("max_position_embeddings") or config.get("seq_length") or DEFAULT_CONTEXT)
-    except (OSError, ValueError):
+        return rope.context_window(config) or DEFAULT_CONTEXT  # YaRN factor x original window counts
+    except (OSError, ValueError, TypeError, AttributeError):
         return DEFAULT_CONTEXT
 
 

@@ -40,12 +40,15 @@ class Limit:
     def words(self) -> str:
         if self.said:
             return self.said
-        if self.integer and self.high >= 2**31:
-            return f"an integer of at least {self.low:g}"
+        low, high = _number_text(self.low), _number_text(self.high)  # 2147483648, never 2.14748e+09
         kind = "an integer" if self.integer else "a number"
         if self.open_low:
-            return f"{kind} above {self.low:g} and at most {self.high:g}"
-        return f"{kind} from {self.low:g} to {self.high:g}"
+            return f"{kind} above {low} and at most {high}"
+        return f"{kind} from {low} to {high}"
+
+
+def _number_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 # Ranges follow OpenAI's API where it has the option (temperature, top_p, penalties, seed), so a

@@ -250,3 +250,15 @@ def test_cpu_gets_the_measured_dynamic_quantization_group_unless_the_user_says_o
     key = "DYNAMIC_QUANTIZATION_GROUP_SIZE"
     assert plan_load(scripted_model, "CPU").properties[key] == devices.CPU_DYNAMIC_QUANTIZATION_GROUP
     assert plan_load(scripted_model, "CPU", properties={key: 4096}).properties[key] == 4096
+
+
+def test_context_of_a_folder_without_manifest_counts_yarn(tmp_path):
+    """A model exported by another tool: the window is what its RoPE supports, YaRN included."""
+    from glm4_edge.model import _config_context
+
+    config = {"max_position_embeddings": 32768,
+              "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert _config_context(tmp_path) == 131072
+    (tmp_path / "config.json").write_text(json.dumps({"seq_length": 8192}))
+    assert _config_context(tmp_path) == 8192
