@@ -186,7 +186,11 @@ def test_stop_strings_tools_and_json_schema_on_every_python_path(scripted_model,
                           *[r.text for r in scripted.generate_batch([HI], json_schema=SCHEMA, max_new_tokens=40,
                                                                     **GREEDY)],
                           scripted_batched.generate(HI, json_schema=SCHEMA, max_new_tokens=40, **GREEDY).text]
-        assert [json.loads(text) for text in schema_answers] == [{"a": 42}] * 3
+        # Compact JSON (json_grammar): the scripted model's free answer only reached 42 through
+        # whitespace padding, so what is checked is a schema-valid object, the same on every path.
+        parsed = [json.loads(text) for text in schema_answers]
+        assert all(set(p) == {"a"} and isinstance(p["a"], int) for p in parsed) and len({str(p) for p in parsed}) == 1
+        assert not any("\n" in text for text in schema_answers)
     finally:
         scripted_batched.close()
     tools, tools_batched = tool_pair
