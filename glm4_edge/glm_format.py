@@ -435,11 +435,15 @@ class ReplyParser:
 _TOOL_CALL = re.compile(r"^\s*([^\n{]+?)\s*\n(.*)$", re.S)
 
 
+def _not_json(literal: str) -> None:
+    raise ValueError(f"{literal} is not JSON")
+
+
 def parse_tool_calls(text: str, tool_names: Sequence[str] = ()) -> list[ToolCall]:
     """`name\\n{json}` (one or more, as GLM-4 writes them) -> tool calls; [] if it is not one."""
     calls = []
     remaining = text.strip()
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(parse_constant=_not_json)  # NaN/Infinity are Python's, not JSON's
     while remaining:
         match = _TOOL_CALL.match(remaining)
         if not match:
@@ -449,11 +453,15 @@ def parse_tool_calls(text: str, tool_names: Sequence[str] = ()) -> list[ToolCall
             return []
         try:
             arguments, end = decoder.raw_decode(rest)
-        except json.JSONDecodeError:
+        except ValueError:
             return []
         if not isinstance(arguments, dict):
             return []
-        calls.append(ToolCall(name, json.dumps(arguments, ensure_ascii=False)))
+        try:
+            written = json.dumps(arguments, ensure_ascii=False, allow_nan=False)
+        except ValueError:  # a number past float range (1e999) would come back as Infinity: keep the model's JSON
+            written = rest[:end]
+        calls.append(ToolCall(name, written))
         remaining = rest[end:].strip()
     return calls
 

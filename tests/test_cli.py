@@ -58,6 +58,15 @@ def test_generate_batch_skips_bad_lines_and_resumes(tmp_path, scripted_model):
     assert [json.loads(line)["line"] for line in out.read_text().splitlines()] == [1, 2, 3, 4, 5]
 
 
+def test_generate_batch_with_no_answerable_line_fails(tmp_path, scripted_model):
+    source = tmp_path / "in.jsonl"
+    source.write_text("{broken\n" + json.dumps({"nothing": 1}) + "\n")
+    out = tmp_path / "out.jsonl"
+    result = run_cli("generate", str(scripted_model), "--batch", str(source), "-o", str(out))
+    assert result.returncode == 1 and "0 answered, 0 already done, 2 skipped" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("args,words", [
     (["generate", "{model}", "-p", "x", "--device", "NPU"], ["NPU not found", "available: CPU"]),
     (["generate", "/nonexistent", "-p", "x"], ["no such model folder"]),

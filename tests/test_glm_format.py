@@ -283,3 +283,11 @@ def test_any_chunking_gives_the_same_split(cuts, reasoning):
     whole_reasoning, whole_text = split_reasoning(text.split("STOP")[0])
     assert "".join(out_text) + rest.text == whole_text
     assert "".join(out_reasoning) + rest.reasoning == whole_reasoning
+
+
+def test_tool_call_arguments_stay_strict_json():
+    """A number past float range must not come back as Infinity, which strict JSON parsers reject."""
+    calls = parse_tool_calls('add\n{"a": 1111111111111111e999, "b": 2}', ["add"])
+    assert [c.arguments for c in calls] == ['{"a": 1111111111111111e999, "b": 2}']
+    json.loads(calls[0].arguments)  # still JSON
+    assert parse_tool_calls('add\n{"a": NaN}', ["add"]) == []

@@ -8,7 +8,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-console = Console(stderr=True)
+console = Console(stderr=True, log_path=False)  # stage lines, not the caller's file:line
 
 
 @contextlib.contextmanager

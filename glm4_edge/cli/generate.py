@@ -169,4 +169,5 @@ def run_batch(args: argparse.Namespace) -> int:
     failed = sum(1 for r in results.values() if "error" in r)
     print(f"glm4-edge generate: {len(todo)} answered, {len(done)} already done, {failed} skipped -> "
           f"{args.output}", file=sys.stderr)
-    return 0
+    # A batch where no line could be answered failed, whatever was written: scripts must see it.
+    return 1 if failed and failed == len(results) else 0
