@@ -30,35 +30,39 @@ class CompressionSettings:
         return self.awq or self.scale_estimation
 
 
-# Why these (measured, docs/benchmarks.md): on a GLM-4-9B-shaped 8-layer model on 2 CPU cores, side by
-# side, symmetric channel-wise INT4 on every layer decoded at 38.4 tok/s against 27.5 for symmetric
-# group-128, 29.7 for asymmetric group-128 and 28.9 for llama.cpp Q4_0. INT4 for GLM-4's 151552x4096
-# embedding and lm_head matters because the head is read every token. On the embedded tiny model it
-# keeps the accuracy of fp16 (README "Accuracy"). Where a large model loses accuracy channel-wise,
-# `--group-size 128` or `--awq --scale-estimation` trade speed for it.
-# GPU kernels favour symmetric group-128; the NPU runs symmetric INT4 only.
+# Why these: see PRESET_NOTES below and docs/benchmarks.md ("Quality").
+_CHANNELWISE = CompressionSettings(weight_format="int4", sym=True, group_size=-1, ratio=1.0, all_layers=True,
+                                   backup_precision="int8_sym")
 PRESETS = {
-    "cpu": CompressionSettings(weight_format="int4", sym=True, group_size=-1, ratio=1.0, all_layers=True,
-                               backup_precision="int8_sym"),
-    "gpu": CompressionSettings(weight_format="int4", sym=True, group_size=128, ratio=1.0, all_layers=True,
-                               backup_precision="int8_sym"),
+    "cpu": CompressionSettings(weight_format="int4", sym=False, group_size=32, ratio=1.0, all_layers=True,
+                               backup_precision="int8_asym"),
+    "gpu": CompressionSettings(weight_format="int4", sym=False, group_size=32, ratio=1.0, all_layers=True,
+                               backup_precision="int8_asym"),
     "npu": CompressionSettings(weight_format="int4", sym=True, group_size=128, ratio=1.0, all_layers=True,
                                backup_precision="int8_sym"),
+    # Speed first (`--fast`): symmetric channel-wise INT4 on every layer decoded 1.28x llama.cpp Q4_0
+    # side by side, but its error is coarser than Q4_0's (docs/benchmarks.md, "Quality").
+    "cpu-fast": _CHANNELWISE,
+    "gpu-fast": _CHANNELWISE,
 }
 
 
 def resolve(device: str, weight_format: str | None = None, *, group_size: int | None = None,
             ratio: float | None = None, sym: bool | None = None, all_layers: bool | None = None,
             awq: bool = False, scale_estimation: bool = False, dataset: str | None = None,
-            backup_precision: str | None = None, num_parameters: int = 0) -> CompressionSettings:
-    """The preset for `device`, overridden by what the user asked, or a BadParameterError saying why not."""
+            backup_precision: str | None = None, num_parameters: int = 0, fast: bool = False) -> CompressionSettings:
+    """The preset for `device` (its speed-first variant with `fast`), overridden by what the user asked,
+    or a BadParameterError saying why not."""
     if device not in DEVICES:
         raise BadParameterError(f"--device {device!r} is not one of {', '.join(DEVICES)}", "device")
+    if fast and device == "npu":
+        raise BadParameterError("--fast has no NPU preset (the NPU already goes channel-wise above 5B "
+                                "parameters); drop --fast for --device npu", "fast")
     weight_format = weight_format or "int4"
     if weight_format not in WEIGHT_FORMATS:
         raise BadParameterError(f"--weight-format {weight_format!r} is not one of {', '.join(WEIGHT_FORMATS)}",
                                 "weight_format")
-    settings = PRESETS[device]
+    settings = PRESETS[preset_name(device, fast)]
     if device == "npu" and num_parameters > NPU_CHANNELWISE_ABOVE_PARAMS:
         settings = replace(settings, group_size=-1)
     if weight_format == "int8":
@@ -74,6 +78,11 @@ def resolve(device: str, weight_format: str | None = None, *, group_size: int | 
         settings = replace(settings, dataset="builtin")
     _validate(device, settings, explicit=overrides)
     return settings
+
+
+def preset_name(device: str, fast: bool = False) -> str:
+    """The PRESETS key: the device, or `<device>-fast` for the speed-first preset."""
+    return f"{device}-fast" if fast else device
 
 
 def _validate(device: str, settings: CompressionSettings, explicit: dict) -> None:
