@@ -74,6 +74,14 @@ VARIANTS = {
                                  overrides=(*ASYM, ("group_size", 128), ("all_layers", False)),
                                  label="glm4-edge INT4 asym g128, INT8 embeddings/lm_head"),
     "edge-int8": Variant("edge-int8", weight_format="int8", label="glm4-edge INT8 (asym channel-wise)"),
+    "edge-int4-sym-g128": Variant("edge-int4-sym-g128", overrides=(*SYM, ("group_size", 128)),
+                                  label="glm4-edge INT4 sym g128"),
+    "edge-int4-sym-g32": Variant("edge-int4-sym-g32", overrides=(*SYM, ("group_size", 32)),
+                                 label="glm4-edge INT4 sym g32"),
+    "edge-int4-asym-g32-r80": Variant("edge-int4-asym-g32-r80", overrides=(*ASYM, ("group_size", 32), ("ratio", 0.8)),
+                                      label="glm4-edge INT4 asym g32, 20% INT8"),
+    "edge-int4-asym-g64-r80": Variant("edge-int4-asym-g64-r80", overrides=(*ASYM, ("group_size", 64), ("ratio", 0.8)),
+                                      label="glm4-edge INT4 asym g64, 20% INT8"),
 }
 
 

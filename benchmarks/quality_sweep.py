@@ -8,10 +8,13 @@ the GGUF files (cached under benchmarks/out/), then measures for each:
 * weight error: relative MSE of the dequantized weights against the checkpoint, per matrix, from the
   IR's compressed constants or through the gguf package (glm4_edge.weight_error), 256 evenly spaced
   rows per matrix;
-* output error: logits on fixed random token ids against the bf16 PyTorch reference (KL, top-1
-  agreement, relative logit RMSE; glm4_edge.evaluate.output_error). OpenVINO runs the IR with the
-  properties glm4-edge loads it with on CPU (so activation quantization counts), llama.cpp through
-  llama-cpp-python's logits.
+* output error: logits on fixed random token ids against PyTorch running the bf16 checkpoint in fp32
+  (KL, top-1 agreement, relative logit RMSE; glm4_edge.evaluate.output_error). OpenVINO runs the IR
+  in f32 with glm4-edge's CPU activation quantization (DYNAMIC_QUANTIZATION_GROUP_SIZE 128), llama.cpp
+  through llama-cpp-python's logits (f32 with its own 8-bit activation quantization): both engines'
+  arithmetic as close to exact as they go, so the table ranks weight formats. One extra row,
+  `edge-fp16-bf16`, is the fp16 IR at OpenVINO's default precision on a bf16-capable CPU: the error
+  the runtime's bf16 arithmetic adds on its own.
 
 Results go to benchmarks/out/quality-<weights>-L<layers>.json (read by bench_report.quality_table).
 Deterministic: CPU load changes the time it takes, not the numbers.
@@ -51,23 +54,21 @@ def _v(name: str, label: str, *overrides, preset: str = "cpu", weight_format: st
 
 
 # OpenVINO candidates: every one spells out its settings (folder names stay true when presets change).
-CANDIDATES = {v.name: v for v in (
+CANDIDATES = {v.name: v for v in (  # in the order they are measured: the likely presets first
     _v("edge-int4-sym-cw", "sym channel-wise (the fast preset)", *SYM, ("group_size", -1)),
-    _v("edge-int4-sym-g128", "sym g128 (the former gpu/npu preset)", *SYM, ("group_size", 128)),
-    _v("edge-int4-asym-g128", "asym g128", *ASYM, ("group_size", 128)),
-    _v("edge-int4-asym-g64", "asym g64", *ASYM, ("group_size", 64)),
-    _v("edge-int4-sym-g32", "sym g32 (Q4_0's layout)", *SYM, ("group_size", 32)),
     _v("edge-int4-asym-g32", "asym g32", *ASYM, ("group_size", 32)),
-    _v("edge-int4-asym-g128-r80", "asym g128, 20% INT8 (NNCF's ratio 0.8, weight-error sensitivity)", *ASYM,
-       ("group_size", 128), ("ratio", 0.8)),
-    _v("edge-int4-asym-g64-r80", "asym g64, 20% INT8 (ratio 0.8)", *ASYM, ("group_size", 64), ("ratio", 0.8)),
     _v("edge-int4-asym-g32-r80", "asym g32, 20% INT8 (ratio 0.8)", *ASYM, ("group_size", 32), ("ratio", 0.8)),
-    _v("edge-int4-asym-g64-r60", "asym g64, 40% INT8 (ratio 0.6)", *ASYM, ("group_size", 64), ("ratio", 0.6)),
-    _v("edge-int4-asym-g128-awq", "asym g128 + AWQ + scale estimation (builtin calibration)", *ASYM,
-       ("group_size", 128), ("awq", True), ("scale_estimation", True)),
+    _v("edge-int4-sym-g128", "sym g128 (the former gpu/npu preset)", *SYM, ("group_size", 128)),
     _v("edge-int4-sym-g128-awq", "sym g128 + AWQ + scale estimation (the npu preset's candidate)", *SYM,
        ("group_size", 128), ("awq", True), ("scale_estimation", True), preset="npu"),
     _v("edge-int8", "INT8 asym channel-wise", weight_format="int8"),
+    _v("edge-int4-asym-g128", "asym g128", *ASYM, ("group_size", 128)),
+    _v("edge-int4-asym-g64", "asym g64", *ASYM, ("group_size", 64)),
+    _v("edge-int4-sym-g32", "sym g32 (Q4_0's layout)", *SYM, ("group_size", 32)),
+    _v("edge-int4-asym-g64-r80", "asym g64, 20% INT8 (ratio 0.8)", *ASYM, ("group_size", 64), ("ratio", 0.8)),
+    _v("edge-int4-asym-g32-r60", "asym g32, 40% INT8 (ratio 0.6)", *ASYM, ("group_size", 32), ("ratio", 0.6)),
+    _v("edge-int4-asym-g128-awq", "asym g128 + AWQ + scale estimation (builtin calibration)", *ASYM,
+       ("group_size", 128), ("awq", True), ("scale_estimation", True)),
 )}
 GGUF_QUANTS = ("q4_0", "q4_k_m", "q5_k_m", "q8_0")
 
@@ -78,14 +79,14 @@ def token_ids(vocab: int) -> list[list[int]]:
 
 
 def reference_logits(checkpoint: Path, ids: list[list[int]], cache: Path) -> list[np.ndarray]:
-    """bf16 PyTorch logits (float32 copies), cached as .npy next to the checkpoint."""
+    """PyTorch fp32 logits of the bf16 checkpoint, cached as .npy next to the checkpoint."""
     paths = [cache.with_name(f"{cache.name}-{i}.npy") for i in range(len(ids))]
     if all(p.is_file() for p in paths):
         return [np.load(p) for p in paths]
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.bfloat16).eval()
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
     out = []
     with torch.no_grad():
         for path, sequence in zip(paths, ids, strict=True):
@@ -97,11 +98,13 @@ def reference_logits(checkpoint: Path, ids: list[list[int]], cache: Path) -> lis
     return out
 
 
-def openvino_logits(folder: Path, ids: list[list[int]]) -> list[np.ndarray]:
+def openvino_logits(folder: Path, ids: list[list[int]], precision: str = "f32") -> list[np.ndarray]:
     import openvino as ov
 
-    compiled = ov.Core().compile_model(folder / "openvino_model.xml", "CPU",
-                                       {"DYNAMIC_QUANTIZATION_GROUP_SIZE": CPU_DYNAMIC_QUANTIZATION_GROUP})
+    properties: dict[str, Any] = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": CPU_DYNAMIC_QUANTIZATION_GROUP}
+    if precision:
+        properties["INFERENCE_PRECISION_HINT"] = precision
+    compiled = ov.Core().compile_model(folder / "openvino_model.xml", "CPU", properties)
     names = {port.get_any_name() for port in compiled.inputs}
     request = compiled.create_infer_request()
     out = []
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(time.strftime("%H:%M:%S"), message, flush=True)
 
-    wanted = set(args.only.split(",")) if args.only else None
+    wanted = set(args.only.split(",")) if args.only else None  # measured in --only's order
     checkpoint = bench_models.checkpoint(args.layers, log)
     config = json.loads((checkpoint / "config.json").read_text())
     ids = token_ids(int(config["vocab_size"]))
@@ -168,36 +171,39 @@ def main(argv: list[str] | None = None) -> int:
     results.setdefault("meta", {}).update(weights=args.weights, layers=args.layers, shape=args.shape,
                                           sequences=SEQUENCES, tokens=SEQUENCE_TOKENS, seed=SEED)
     rows = results.setdefault("rows", {})
-    reference = reference_logits(checkpoint, ids, bench_models.layer_folder(args.layers) / "reference-logits")
+    reference = reference_logits(checkpoint, ids, bench_models.layer_folder(args.layers) / "reference-fp32")
 
     def record(name: str, label: str, engine: str, path: Path, weight, logits) -> None:
-        rows[name] = {"label": label, "engine": engine, "bytes": folder_bytes(path),
-                      "weight": weight.summary() if weight else None, **score(logits, reference)}
+        row = {"label": label, "engine": engine, "bytes": folder_bytes(path),
+               "weight": weight.summary() if weight else None, **score(logits, reference)}
+        if result_path.is_file():  # another sweep process (e.g. --only gguf-...) may have added rows
+            rows.update({k: v for k, v in json.loads(result_path.read_text())["rows"].items() if k != name})
+        rows[name] = row
         result_path.write_text(json.dumps(results, indent=2))
-        row = rows[name]
         log(f"{name}: weight rel MSE {row['weight']['mean_relative_mse'] if row['weight'] else '-'} "
             f"KL {row['kl']:.4f} top-1 {row['top1']:.3f} logit RMSE {row['logit_rmse']:.3f}")
 
     fp16 = bench_models.edge_convert(args.layers, "edge-fp16", "fp16", log)
     if wanted is None or "edge-fp16" in wanted:
-        record("edge-fp16", "OpenVINO FP16", "openvino", fp16, None, openvino_logits(fp16, ids))
-    for name, variant in CANDIDATES.items():
-        if wanted is not None and name not in wanted:
+        record("edge-fp16", "OpenVINO FP16 (f32 arithmetic)", "openvino", fp16, None, openvino_logits(fp16, ids))
+        record("edge-fp16-bf16", "OpenVINO FP16, default (bf16) arithmetic", "openvino", fp16, None,
+               openvino_logits(fp16, ids, precision=""))
+    everything = [*CANDIDATES, *(f"gguf-{q}" for q in GGUF_QUANTS)]
+    for name in [n for n in args.only.split(",") if n in everything] if args.only else everything:
+        if name.startswith("gguf-"):
+            quant = name.removeprefix("gguf-")
+            path = bench_models.gguf(args.layers, quant, log)
+            record(name, f"llama.cpp {quant.upper()}", "llama.cpp", path, gguf_weight_error(path, checkpoint),
+                   llama_logits(path, ids))
+            if args.drop:
+                path.unlink()
             continue
+        variant = CANDIDATES[name]
         folder = bench_models.edge_variant(args.layers, variant, log)
         record(name, variant.label, "openvino", folder, ir_weight_error(folder, checkpoint),
                openvino_logits(folder, ids))
         if args.drop:
             shutil.rmtree(folder)
-    for quant in GGUF_QUANTS:
-        name = f"gguf-{quant}"
-        if wanted is not None and name not in wanted:
-            continue
-        path = bench_models.gguf(args.layers, quant, log)
-        record(name, f"llama.cpp {quant.upper()}", "llama.cpp", path, gguf_weight_error(path, checkpoint),
-               llama_logits(path, ids))
-        if args.drop:
-            path.unlink()
     return 0
 
 

@@ -27,12 +27,15 @@ from .errors import ModelFormatError
 
 DEFAULT_SAMPLE_ROWS = 256
 Q4_0_BLOCK = 32
-# Q4_K_M's weight relative MSE over Q4_0's on the same checkpoint, the worse of the two weight
-# statistics of the 8-layer GLM-4-9B-shaped model (docs/benchmarks.md, "Quality"); Q8_0's likewise.
-Q4_K_M_TO_Q4_0 = 0.40
-Q8_0_TO_Q4_0 = 0.01
-QUALITY_CLASSES = ("about Q8_0 error", "about Q4_K_M error or better", "between Q4_K_M and Q4_0",
-                   "about Q4_0 error", "coarser than Q4_0")
+# llama.cpp's formats as ratios of their mean weight relative MSE to Q4_0 rounding of the same rows,
+# measured on GLM-4-9B's layer shapes (docs/benchmarks.md, "Quality"; Gaussian / heavy-tailed weights):
+# Q8_0 0.004 / 0.004, Q5_K_M 0.146 / 0.114, Q4_K_M 0.517 / 0.406. The Q4_K_M bound is the heavy-tailed
+# one (the statistic real weights resemble, and the stricter); each class allows 10% over its format.
+Q8_0_TO_Q4_0 = 0.004
+Q5_K_M_TO_Q4_0 = 0.146
+Q4_K_M_TO_Q4_0 = 0.406
+QUALITY_CLASSES = ("about Q8_0 error", "about Q5_K_M error or better", "about Q4_K_M error or better",
+                   "between Q4_K_M and Q4_0", "about Q4_0 error", "coarser than Q4_0")
 _INT_TYPES = {"u4", "i4", "u8", "i8", "nf4", "u2", "f4e2m1"}
 _DECOMPRESSION_OPS = {"Convert", "Subtract", "Multiply", "Reshape"}
 
@@ -82,15 +85,11 @@ class WeightError:
 
 def quality_class(ratio_to_q4_0: float) -> str:
     """The error class from the mean relative MSE over Q4_0's on the same weights (1.0 = Q4_0)."""
-    if ratio_to_q4_0 <= 2 * Q8_0_TO_Q4_0:
-        return QUALITY_CLASSES[0]
-    if ratio_to_q4_0 <= 1.1 * Q4_K_M_TO_Q4_0:
-        return QUALITY_CLASSES[1]
-    if ratio_to_q4_0 <= 0.85:
-        return QUALITY_CLASSES[2]
-    if ratio_to_q4_0 <= 1.15:
-        return QUALITY_CLASSES[3]
-    return QUALITY_CLASSES[4]
+    bounds = (5 * Q8_0_TO_Q4_0, 1.1 * Q5_K_M_TO_Q4_0, 1.1 * Q4_K_M_TO_Q4_0, 0.85, 1.15)
+    for bound, name in zip(bounds, QUALITY_CLASSES, strict=False):
+        if ratio_to_q4_0 <= bound:
+            return name
+    return QUALITY_CLASSES[-1]
 
 
 def relative_mse(approx: np.ndarray, exact: np.ndarray) -> float:
@@ -171,19 +170,27 @@ def _matrix_error(name: str, precision: str, approx: np.ndarray, exact: np.ndarr
 
 # --- OpenVINO IR ----------------------------------------------------------------------------------
 
-def _constant_values(node) -> np.ndarray:
-    """A Constant's values as numbers; 4-bit types arrive packed two per byte, low nibble first."""
+def _constant_values(node, index: np.ndarray | None = None) -> np.ndarray:
+    """A Constant's values (rows `index` of axis 0 only, when given) as numbers; 4-bit types arrive
+    packed two per byte, low nibble first, and are cut to the rows before unpacking."""
     kind = node.get_output_element_type(0).get_type_name()
     shape = tuple(node.get_output_shape(0))
     data = np.asarray(node.data)
+    rows = shape[0] if shape else 1
+    per_row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
     if kind in ("u4", "i4"):
         packed = data.view(np.uint8).ravel()
+        if index is not None and per_row % 2 == 0:
+            packed = packed.reshape(rows, per_row // 2)[index].ravel()
+            shape, index = (len(index), *shape[1:]), None
         values = np.empty(packed.size * 2, np.int8)
         values[0::2], values[1::2] = packed & 0x0F, packed >> 4
         if kind == "i4":
             values = np.where(values >= 8, values - 16, values).astype(np.int8)
-        return values[:int(np.prod(shape, dtype=np.int64))].reshape(shape)
-    return data.reshape(shape)
+        values = values[:int(np.prod(shape, dtype=np.int64))].reshape(shape)
+    else:
+        values = data.reshape(shape)
+    return values if index is None else values[index]
 
 
 def _operand(node, index: np.ndarray, rows: int) -> np.ndarray:
@@ -192,16 +199,15 @@ def _operand(node, index: np.ndarray, rows: int) -> np.ndarray:
         node = node.input_value(0).get_node()
     if node.get_type_name() != "Constant":
         raise ValueError(f"unexpected {node.get_type_name()} in a decompression subgraph")
-    values = _constant_values(node).astype(np.float32)
-    if values.ndim >= 1 and values.shape[0] == rows:
-        values = values[index]
-    return values
+    shape = tuple(node.get_output_shape(0))
+    values = _constant_values(node, index if shape and shape[0] == rows and len(shape) > 1 else None)
+    return values.astype(np.float32)
 
 
 def _decompress(weight, index: np.ndarray) -> tuple[np.ndarray, Any]:
     """Follow NNCF's decompression chain from an integer weight Constant; (rows [n, k], last node)."""
     rows = weight.get_output_shape(0)[0]
-    value = _constant_values(weight)[index].astype(np.float32)
+    value = _constant_values(weight, index).astype(np.float32)
     node = weight
     while True:
         consumers = [target.get_node() for target in node.output(0).get_target_inputs()]
@@ -224,8 +230,9 @@ def _decompress(weight, index: np.ndarray) -> tuple[np.ndarray, Any]:
 
 
 def _source_name(weight, checkpoint: Checkpoint) -> str | None:
-    name = weight.get_friendly_name()
-    for candidate in (name, name.removeprefix("self."), name.split("/")[0].removeprefix("self.")):
+    name = weight.get_friendly_name().split("/")[0].removeprefix("self.")
+    # optimum-intel names the weights of a bf16 checkpoint `<module>._openvino_orig_weight`
+    for candidate in (name, name.replace("._openvino_orig_weight", ".weight")):
         if candidate in checkpoint.tensors:
             return candidate
     return None

@@ -90,7 +90,7 @@ def test_q4_0_rounding_is_llama_cpps():
     np.testing.assert_array_equal(weight_error.q4_0_roundtrip(rows), dequantize(quantize(rows, kind), kind))
 
 
-@pytest.mark.parametrize("ratio, expected", [(0.005, 0), (0.4, 1), (0.7, 2), (1.0, 3), (2.5, 4)])
+@pytest.mark.parametrize("ratio, expected", [(0.004, 0), (0.1, 1), (0.4, 2), (0.7, 3), (1.0, 4), (2.5, 5)])
 def test_quality_class_boundaries(ratio, expected):
     assert weight_error.quality_class(ratio) == weight_error.QUALITY_CLASSES[expected]
 
@@ -112,7 +112,9 @@ def test_output_error_metrics_by_hand():
 def heavy_tailed(tmp_path_factory) -> Path:
     from glm4_edge.convert.synthetic import build_checkpoint
 
-    return build_checkpoint(tmp_path_factory.mktemp("heavy") / "tiny-realistic", "glm4", weights="realistic")
+    # bf16, like real GLM-4 checkpoints (optimum-intel then names the IR weights differently)
+    return build_checkpoint(tmp_path_factory.mktemp("heavy") / "tiny-realistic", "glm4", weights="realistic",
+                            dtype="bfloat16")
 
 
 def _torch_logits(folder: Path, ids: list[int], transform=None) -> np.ndarray:
@@ -143,7 +145,12 @@ def test_default_preset_beats_q4_0_rounding_on_heavy_tailed_weights(heavy_tailed
     assert default.relative_logit_rmse <= grouped.relative_logit_rmse, (default, grouped)
     assert default.mean_kl <= grouped.mean_kl, (default, grouped)
     manifest = json.loads((converted / "glm4_edge.json").read_text())
+    assert manifest["compression"]["weight_error"]["matrices"] == 14  # every matrix found in the bf16 IR
     assert manifest["compression"]["weight_error"]["ratio_to_q4_0"] <= 1.0
+    from glm4_edge.model import plan_load
+
+    # group-32 weights: activations quantized per 32 (asking 128 would leave them unquantized)
+    assert plan_load(converted, "CPU").properties["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == 32
 
 
 def test_fast_preset_is_labelled_coarser_than_q4_0(heavy_tailed, tmp_path):
@@ -152,3 +159,6 @@ def test_fast_preset_is_labelled_coarser_than_q4_0(heavy_tailed, tmp_path):
     assert manifest["preset"] == "cpu-fast"
     assert manifest["compression"]["group_size"] == -1
     assert manifest["compression"]["weight_error"]["quality_class"] == "coarser than Q4_0"
+    from glm4_edge.model import plan_load
+
+    assert plan_load(converted, "CPU").properties["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == 128
