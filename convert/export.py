@@ -128,7 +128,8 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> Conver
         if settings.weight_format != "fp16":
             progress(f"compressing weights: {presets.describe(settings)}")
             compress_ir(temp, export_folder, settings)
-            stages["compress"] = time.perf_counter() - timer
+        stages["compress"] = time.perf_counter() - timer
+        if settings.weight_format != "fp16":
             timer = time.perf_counter()
             progress("measuring the weight error against the checkpoint")
             error = measure_weight_error(temp, export_folder)

@@ -69,6 +69,8 @@ def resolve(device: str, weight_format: str | None = None, *, group_size: int | 
     if weight_format not in WEIGHT_FORMATS:
         raise BadParameterError(f"--weight-format {weight_format!r} is not one of {', '.join(WEIGHT_FORMATS)}",
                                 "weight_format")
+    if fast and weight_format != "int4":
+        raise BadParameterError(f"--fast is an INT4 preset; drop it for --weight-format {weight_format}", "fast")
     settings = PRESETS[preset_name(device, fast)]
     if device == "npu" and num_parameters > NPU_CHANNELWISE_ABOVE_PARAMS:
         settings = replace(settings, group_size=-1)

@@ -304,6 +304,8 @@ def bad_sources(workdir, tiny_glm4):
     ("good", ["--weight-format", "fp16", "--group-size", "64"], ["--group-size"]),
     ("good", ["--weight-format", "int8", "--ratio", "0.5"], ["--ratio"]),
     ("good", ["--ratio", "1.5"], ["--ratio"]),
+    ("good", ["--fast", "--weight-format", "int8"], ["--fast"]),
+    ("good", ["--fast", "--device", "npu"], ["--fast", "NPU"]),
     ("good", ["--context", "100"], ["--context"]),
     ("good", ["--dataset", "/nonexistent.jsonl", "--awq"], ["--dataset"]),
     ("good", ["--adapter", "/nonexistent-adapter"], ["--adapter"]),
@@ -373,6 +375,8 @@ def test_convert_cli_prints_summary(workdir, tiny_glm4):
     assert (out / MANIFEST_NAME).is_file()
     info = run_cli("info", str(out), "--json")
     assert json.loads(info.stdout)["family"] == "glm4"
+    assert json.loads(info.stdout)["compression"]["weight_error"]["quality_class"]
+    assert "x Q4_0 rounding" in run_cli("info", str(out)).stdout
 
 
 def test_runtime_package_does_not_import_torch():
