@@ -190,8 +190,8 @@ def _made_by_todays_preset(folder: Path, weight_format: str) -> bool:
         return True
     settings = presets.resolve("cpu", weight_format)
     done = read_manifest(folder).compression
-    return done is not None and (done.sym, done.group_size, done.all_layers, done.backup_precision) == (
-        settings.sym, settings.group_size, settings.all_layers, settings.backup_precision)
+    return done is not None and (done.sym, done.group_size, done.ratio, done.all_layers, done.backup_precision) == (
+        settings.sym, settings.group_size, settings.ratio, settings.all_layers, settings.backup_precision)
 
 
 def edge_variant(layers: int, variant: Variant, log: Log) -> Path:

@@ -54,7 +54,8 @@ ASYM = "edge-int4-asym-g128"  # asymmetric INT4 group 128 (the first cpu preset)
 # default says so with this value.
 OPENVINO_DQ = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 32}
 SETTINGS = [
-    Setting("default", "the cpu preset (sym channel-wise) as glm4-edge loads it (DQ 128)", "edge-int4-cpu"),
+    Setting("default", "the cpu preset as glm4-edge loads it (DQ 128, or the weight group when smaller)",
+            "edge-int4-cpu"),
     Setting("cpu-dq32", "the cpu preset, OpenVINO's DYNAMIC_QUANTIZATION_GROUP_SIZE (32)", "edge-int4-cpu",
             properties=OPENVINO_DQ),
     Setting("cpu-dq64", "the cpu preset, DQ 64", "edge-int4-cpu", properties={"DYNAMIC_QUANTIZATION_GROUP_SIZE": 64}),
