@@ -15,7 +15,7 @@ DEFAULT_NPU_MAX_PROMPT_LEN = 1024
 DEFAULT_NPU_MIN_RESPONSE_LEN = 256
 CACHE_ENV = "GLM4_EDGE_CACHE_DIR"
 # OpenVINO quantizes activations per 32 values by default; per 128 decodes 1.21x faster on CPU with the
-# cpu preset's channel-wise INT4 weights (docs/benchmarks.md, side-by-side tuning). Per 4096 was 1.10x
+# channel-wise INT4 weights of the --fast preset (docs/benchmarks.md, side-by-side tuning). Per 4096 was 1.10x
 # faster again but stays opt-in (--property): its accuracy on real checkpoints is unmeasured.
 CPU_DYNAMIC_QUANTIZATION_GROUP = 128
 # With weights in groups smaller than that (the cpu preset's group 32), the plugin leaves activations
