@@ -31,7 +31,8 @@ REPO = HERE.parent
 OUT = HERE / "out"
 PYTHON = sys.executable
 SDIST_GLOB = "llama_cpp_python-*.tar.gz"
-GGUF_ENGINE_FTYPES = {"q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
+GGUF_ENGINE_FTYPES = {"q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+                      "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0"}
 Log = Callable[[str], None]
 
 
@@ -73,27 +74,44 @@ VARIANTS = {
                                  overrides=(*ASYM, ("group_size", 128), ("all_layers", False)),
                                  label="glm4-edge INT4 asym g128, INT8 embeddings/lm_head"),
     "edge-int8": Variant("edge-int8", weight_format="int8", label="glm4-edge INT8 (asym channel-wise)"),
+    "edge-int4-sym-g128": Variant("edge-int4-sym-g128", overrides=(*SYM, ("group_size", 128)),
+                                  label="glm4-edge INT4 sym g128"),
+    "edge-int4-sym-g32": Variant("edge-int4-sym-g32", overrides=(*SYM, ("group_size", 32)),
+                                 label="glm4-edge INT4 sym g32"),
+    "edge-int4-asym-g32-r80": Variant("edge-int4-asym-g32-r80", overrides=(*ASYM, ("group_size", 32), ("ratio", 0.8)),
+                                      label="glm4-edge INT4 asym g32, 20% INT8"),
+    "edge-int4-asym-g64-r80": Variant("edge-int4-asym-g64-r80", overrides=(*ASYM, ("group_size", 64), ("ratio", 0.8)),
+                                      label="glm4-edge INT4 asym g64, 20% INT8"),
 }
 
 
 # "glm4-9b": GLM-4-9B's real layer shapes and vocabulary (what the numbers are about); "tiny": the
-# test suite's small shape, so that a smoke run of the whole comparison takes a minute.
-SHAPES = ("glm4-9b", "tiny")
+# test suite's small shape, so that a smoke run of the whole comparison takes a minute;
+# "glm4-9b-small-vocab": GLM-4-9B's layers with the synthetic tokenizer's ~1K vocabulary, for error
+# sweeps (every format quantizes rows independently, so the 151552-row tables add time, not information).
+SHAPES = ("glm4-9b", "tiny", "glm4-9b-small-vocab")
 shape_name = SHAPES[0]
+# The weight statistics of the random checkpoint (glm4_edge.convert.synthetic.WEIGHT_STATISTICS):
+# "gaussian", or "realistic" (Student's t tails and outlier input channels, as measured in real LLMs).
+WEIGHTS = ("gaussian", "realistic")
+weights_name = WEIGHTS[0]
 
 
-def configure(shape: str = SHAPES[0], work: Path | None = None) -> None:
-    """Which shape to build, and where (default benchmarks/out/)."""
-    global OUT, shape_name
+def configure(shape: str = SHAPES[0], work: Path | None = None, weights: str = WEIGHTS[0]) -> None:
+    """Which shape and weight statistics to build, and where (default benchmarks/out/)."""
+    global OUT, shape_name, weights_name
     if shape not in SHAPES:
         raise ValueError(f"shape {shape!r} is not one of {', '.join(SHAPES)}")
-    shape_name = shape
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights {weights!r} is not one of {', '.join(WEIGHTS)}")
+    shape_name, weights_name = shape, weights
     if work is not None:
         OUT = Path(work).resolve()
 
 
 def layer_folder(layers: int) -> Path:
-    return OUT / (f"L{layers}" if shape_name == "glm4-9b" else f"{shape_name}-L{layers}")
+    folder = f"L{layers}" if shape_name == "glm4-9b" else f"{shape_name}-L{layers}"
+    return OUT / (folder if weights_name == "gaussian" else f"{folder}-{weights_name}")
 
 
 def _timed(log: Log, what: str, action: Callable[[], Any]) -> Any:
@@ -129,12 +147,14 @@ def checkpoint(layers: int, log: Log) -> Path:
         from glm4_edge.convert.synthetic import GLM4_9B, TINY, build_checkpoint
 
         temp = _fresh_temp(final)
-        shape = dataclasses.replace(GLM4_9B if shape_name == "glm4-9b" else TINY, num_hidden_layers=layers)
-        build_checkpoint(temp, "glm4", shape=shape, dtype="bfloat16")
+        base = {"glm4-9b": GLM4_9B, "tiny": TINY,
+                "glm4-9b-small-vocab": dataclasses.replace(GLM4_9B, vocab_size=None)}[shape_name]
+        shape = dataclasses.replace(base, num_hidden_layers=layers)
+        build_checkpoint(temp, "glm4", shape=shape, dtype="bfloat16", weights=weights_name)
         return _publish(temp, final)
 
     final.parent.mkdir(parents=True, exist_ok=True)
-    return _timed(log, f"the {layers}-layer {shape_name}-shaped bf16 checkpoint", build)
+    return _timed(log, f"the {layers}-layer {shape_name}-shaped bf16 checkpoint ({weights_name} weights)", build)
 
 
 def edge_convert(layers: int, name: str, weight_format: str, log: Log) -> Path:
@@ -170,8 +190,8 @@ def _made_by_todays_preset(folder: Path, weight_format: str) -> bool:
         return True
     settings = presets.resolve("cpu", weight_format)
     done = read_manifest(folder).compression
-    return done is not None and (done.sym, done.group_size, done.all_layers, done.backup_precision) == (
-        settings.sym, settings.group_size, settings.all_layers, settings.backup_precision)
+    return done is not None and (done.sym, done.group_size, done.ratio, done.all_layers, done.backup_precision) == (
+        settings.sym, settings.group_size, settings.ratio, settings.all_layers, settings.backup_precision)
 
 
 def edge_variant(layers: int, variant: Variant, log: Log) -> Path:
@@ -283,8 +303,8 @@ def gguf(layers: int, quant: str, log: Log) -> Path:
     return _timed(log, f"GGUF {quant}", build)
 
 
-def drop_f16_gguf(layers: int) -> None:
+def drop_f16_gguf(layers: int, quants: tuple[str, ...] = ("q4_0", "q4_k_m")) -> None:
     """The f16 GGUF is only an intermediate: 2 bytes per weight of disk for nothing once quantized."""
     f16 = layer_folder(layers) / "gguf" / "model-f16.gguf"
-    if f16.is_file() and all((f16.parent / f"model-{q}.gguf").is_file() for q in GGUF_ENGINE_FTYPES):
+    if f16.is_file() and all((f16.parent / f"model-{q}.gguf").is_file() for q in quants):
         f16.unlink()

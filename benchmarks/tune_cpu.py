@@ -54,7 +54,8 @@ ASYM = "edge-int4-asym-g128"  # asymmetric INT4 group 128 (the first cpu preset)
 # default says so with this value.
 OPENVINO_DQ = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 32}
 SETTINGS = [
-    Setting("default", "the cpu preset (sym channel-wise) as glm4-edge loads it (DQ 128)", "edge-int4-cpu"),
+    Setting("default", "the cpu preset as glm4-edge loads it (DQ 128, or the weight group when smaller)",
+            "edge-int4-cpu"),
     Setting("cpu-dq32", "the cpu preset, OpenVINO's DYNAMIC_QUANTIZATION_GROUP_SIZE (32)", "edge-int4-cpu",
             properties=OPENVINO_DQ),
     Setting("cpu-dq64", "the cpu preset, DQ 64", "edge-int4-cpu", properties={"DYNAMIC_QUANTIZATION_GROUP_SIZE": 64}),
@@ -112,6 +113,16 @@ SETTINGS = [
     Setting("llama-q4_0-1t", "llama.cpp Q4_0, 1 thread (reference)", "gguf-q4_0", kind="llama",
             threads=1),
     Setting("llama-q4_k_m", "llama.cpp Q4_K_M (reference)", "gguf-q4_k_m", kind="llama"),
+    Setting("llama-q5_k_m", "llama.cpp Q5_K_M (reference)", "gguf-q5_k_m", kind="llama"),
+    Setting("llama-q8_0", "llama.cpp Q8_0 (reference)", "gguf-q8_0", kind="llama"),
+    # Quality-first candidates (docs/benchmarks.md, "Quality"), as glm4-edge loads them (DQ 128).
+    Setting("asym-g32-dq128", "asym g32, DQ 128", "edge-int4-asym-g32"),
+    Setting("asym-g32-dq32", "asym g32, DQ 32", "edge-int4-asym-g32", properties=OPENVINO_DQ),
+    Setting("asym-g32-r80", "asym g32, 20% INT8 (ratio 0.8), DQ 128", "edge-int4-asym-g32-r80"),
+    Setting("asym-g64-r80", "asym g64, 20% INT8 (ratio 0.8), DQ 128", "edge-int4-asym-g64-r80"),
+    Setting("sym-g32", "sym g32 (Q4_0's layout), DQ 128", "edge-int4-sym-g32"),
+    Setting("sym-cw-fast", "sym channel-wise (the fast preset), DQ 128", "edge-int4-sym-cw"),
+    Setting("int8", "INT8 asym channel-wise, DQ 128", "edge-int8"),
 ]
 
 
@@ -172,6 +183,8 @@ def run_paired(args: argparse.Namespace, chosen: list[Setting], paths: dict[str,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--shape", choices=bench_models.SHAPES, default=bench_models.SHAPES[0])
+    parser.add_argument("--weights", choices=bench_models.WEIGHTS, default=bench_models.WEIGHTS[0])
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
     parser.add_argument("--gen-tokens", type=int, default=DEFAULT_GEN_TOKENS)
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
@@ -187,8 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
-    wanted = {w.strip() for w in args.only.split(",")} if args.only else None
-    chosen = [s for s in SETTINGS if wanted is None or s.key in wanted]
+    bench_models.configure(args.shape, weights=args.weights)
+    wanted = [w.strip() for w in args.only.split(",")] if args.only else None
+    keyed = {s.key: s for s in SETTINGS}
+    chosen = [keyed[k] for k in wanted if k in keyed] if wanted else list(SETTINGS)  # --only's order
     paths = {s.key: build(s, args.layers, log) for s in chosen}
     if args.paired:
         return run_paired(args, chosen, paths, log)

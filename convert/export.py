@@ -64,6 +64,7 @@ class ConvertOptions:
     scale_estimation: bool = False
     dataset: str | None = None
     backup_precision: str | None = None
+    fast: bool = False  # the speed-first preset (channel-wise INT4), coarser than Q4_0
     context: int | None = None
     adapter: Path | None = None
     revision: str | None = None
@@ -94,7 +95,8 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> Conver
     settings = presets.resolve(
         options.device, options.weight_format, group_size=options.group_size, ratio=options.ratio, sym=options.sym,
         all_layers=options.all_layers, awq=options.awq, scale_estimation=options.scale_estimation,
-        dataset=options.dataset, backup_precision=options.backup_precision, num_parameters=parameters)
+        dataset=options.dataset, backup_precision=options.backup_precision, num_parameters=parameters,
+        fast=options.fast)
     settings, notes, adjust_groups = presets.adapt_group_size(
         settings, options.device, reduction_channels(source.config, source.family))
     if options.context is not None and not 512 <= options.context <= MAX_CONTEXT:
@@ -128,10 +130,16 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> Conver
         stages["export"] = time.perf_counter() - timer
 
         timer = time.perf_counter()
+        error: dict[str, Any] = {}
         if settings.weight_format != "fp16":
             progress(f"compressing weights: {presets.describe(settings)}")
             compress_ir(temp, export_folder, settings, adjust_groups=adjust_groups)
         stages["compress"] = time.perf_counter() - timer
+        if settings.weight_format != "fp16":
+            timer = time.perf_counter()
+            progress("measuring the weight error against the checkpoint")
+            error = measure_weight_error(temp, export_folder)
+            stages["weight_error"] = time.perf_counter() - timer
 
         progress("checking tokenizer and detokenizer")
         ensure_tokenizers(temp, export_folder)
@@ -147,7 +155,7 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> Conver
             family=source.family,
             source={**source_meta, "adapter": str(options.adapter) if options.adapter else None},
             target_device=options.device,
-            preset=options.device,
+            preset=presets.preset_name(options.device, options.fast),
             compression=Compression(
                 weight_format=settings.weight_format,
                 group_size=None if settings.weight_format == "fp16" else settings.group_size,
@@ -156,7 +164,7 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> Conver
                 all_layers=None if settings.weight_format == "fp16" else settings.all_layers,
                 awq=settings.awq, scale_estimation=settings.scale_estimation, dataset=settings.dataset,
                 backup_precision=None if settings.weight_format == "fp16" else settings.backup_precision,
-                bits_table=bits_table(temp / "openvino_model.xml"),
+                bits_table=bits_table(temp / "openvino_model.xml"), weight_error=error,
             ),
             context_length=families.context_window(config),
             rope_scaling=rope if families.rope_type(rope := families.rope_entry(config)) != "default" else None,
@@ -388,6 +396,16 @@ def compress_ir(out: Path, source_folder: Path, settings: presets.CompressionSet
     gc.collect()
     for suffix in (".xml", ".bin"):
         os.replace(temp_xml.with_suffix(suffix), xml.with_suffix(suffix))
+
+
+def measure_weight_error(out: Path, source_folder: Path) -> dict[str, Any]:
+    """The weight error summary stored in the manifest; empty when the names do not line up."""
+    from glm4_edge import weight_error
+
+    try:
+        return weight_error.ir_weight_error(out, source_folder).summary()
+    except ModelFormatError:
+        return {}
 
 
 def bits_table(xml: Path) -> list[dict[str, Any]]:

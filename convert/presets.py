@@ -33,50 +33,69 @@ class CompressionSettings:
         return self.awq or self.scale_estimation
 
 
-# Why these (measured, docs/benchmarks.md): on a GLM-4-9B-shaped 8-layer model on 2 CPU cores, side by
-# side, symmetric channel-wise INT4 on every layer decoded at 38.4 tok/s against 27.5 for symmetric
-# group-128, 29.7 for asymmetric group-128 and 28.9 for llama.cpp Q4_0. INT4 for GLM-4's 151552x4096
-# embedding and lm_head matters because the head is read every token. On the embedded tiny model it
-# keeps the accuracy of fp16 (README "Accuracy"). Where a large model loses accuracy channel-wise,
-# `--group-size 128` or `--awq --scale-estimation` trade speed for it.
-# GPU kernels favour symmetric group-128; the NPU runs symmetric INT4 only.
+# Why these (docs/benchmarks.md, "Quality"): quality first. On GLM-4-9B's layer shapes, with Gaussian
+# and with heavy-tailed weights with outlier input channels, asymmetric INT4 in groups of 32 with 20%
+# of the weights in INT8 (NNCF's ratio 0.8, the INT8 layers picked by their INT4 error) was the only
+# data-free INT4 layout measured at or below llama.cpp Q4_K_M's error in both weight relative MSE and
+# output error; asym g32 alone sits between Q4_K_M and Q4_0, symmetric group 128 and channel-wise
+# are coarser than Q4_0 (channel-wise 14.6x Q4_0's weight error on heavy-tailed weights). The GPU
+# gets the same layout (its speed there is unmeasured). The NPU runs symmetric INT4 only: group 128,
+# channel-wise above 5B parameters.
+_CHANNELWISE = CompressionSettings(weight_format="int4", sym=True, group_size=-1, ratio=1.0, all_layers=True,
+                                   backup_precision="int8_sym")
+_QUALITY = CompressionSettings(weight_format="int4", sym=False, group_size=32, ratio=0.8, all_layers=True,
+                               backup_precision="int8_asym")
 PRESETS = {
-    "cpu": CompressionSettings(weight_format="int4", sym=True, group_size=-1, ratio=1.0, all_layers=True,
-                               backup_precision="int8_sym"),
-    "gpu": CompressionSettings(weight_format="int4", sym=True, group_size=128, ratio=1.0, all_layers=True,
-                               backup_precision="int8_sym"),
+    "cpu": _QUALITY,
+    "gpu": _QUALITY,
     "npu": CompressionSettings(weight_format="int4", sym=True, group_size=128, ratio=1.0, all_layers=True,
                                backup_precision="int8_sym"),
+    # Speed first (`--fast`): symmetric channel-wise INT4 on every layer, the fastest layout measured
+    # (1.28x llama.cpp Q4_0 side by side) but coarser than Q4_0.
+    "cpu-fast": _CHANNELWISE,
+    "gpu-fast": _CHANNELWISE,
 }
 
 
 def resolve(device: str, weight_format: str | None = None, *, group_size: int | None = None,
             ratio: float | None = None, sym: bool | None = None, all_layers: bool | None = None,
             awq: bool = False, scale_estimation: bool = False, dataset: str | None = None,
-            backup_precision: str | None = None, num_parameters: int = 0) -> CompressionSettings:
-    """The preset for `device`, overridden by what the user asked, or a BadParameterError saying why not."""
+            backup_precision: str | None = None, num_parameters: int = 0, fast: bool = False) -> CompressionSettings:
+    """The preset for `device` (its speed-first variant with `fast`), overridden by what the user asked,
+    or a BadParameterError saying why not."""
     if device not in DEVICES:
         raise BadParameterError(f"--device {device!r} is not one of {', '.join(DEVICES)}", "device")
+    if fast and device == "npu":
+        raise BadParameterError("--fast has no NPU preset (the NPU already goes channel-wise above 5B "
+                                "parameters); drop --fast for --device npu", "fast")
     weight_format = weight_format or "int4"
     if weight_format not in WEIGHT_FORMATS:
         raise BadParameterError(f"--weight-format {weight_format!r} is not one of {', '.join(WEIGHT_FORMATS)}",
                                 "weight_format")
-    settings = PRESETS[device]
+    if fast and weight_format != "int4":
+        raise BadParameterError(f"--fast is an INT4 preset; drop it for --weight-format {weight_format}", "fast")
+    settings = PRESETS[preset_name(device, fast)]
     if device == "npu" and num_parameters > NPU_CHANNELWISE_ABOVE_PARAMS:
         settings = replace(settings, group_size=-1)
     if weight_format == "int8":
         settings = replace(settings, weight_format="int8", group_size=-1, ratio=1.0, all_layers=True,
-                           sym=device != "cpu")
+                           sym=device != "cpu", awq=False, scale_estimation=False, dataset=None)
     elif weight_format == "fp16":
-        settings = replace(settings, weight_format="fp16")
+        settings = replace(settings, weight_format="fp16", awq=False, scale_estimation=False, dataset=None)
     overrides = {"group_size": group_size, "ratio": ratio, "sym": sym, "all_layers": all_layers,
                  "backup_precision": backup_precision}
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None},
-                       awq=awq, scale_estimation=scale_estimation, dataset=dataset)
+                       awq=awq or settings.awq, scale_estimation=scale_estimation or settings.scale_estimation,
+                       dataset=dataset or settings.dataset)
     if settings.data_aware and not settings.dataset:
         settings = replace(settings, dataset="builtin")
     _validate(device, settings, explicit=overrides)
     return settings
+
+
+def preset_name(device: str, fast: bool = False) -> str:
+    """The PRESETS key: the device, or `<device>-fast` for the speed-first preset."""
+    return f"{device}-fast" if fast else device
 
 
 def _validate(device: str, settings: CompressionSettings, explicit: dict) -> None:

@@ -73,6 +73,11 @@ class Shape:
 
 
 TINY = Shape(128, 256, 2, 4, 2, 32)
+WEIGHT_STATISTICS = ("gaussian", "realistic")
+WEIGHT_STD = 0.08  # wider than the usual 0.02 init so that greedy outputs vary with the input
+STUDENT_T_DOF = 4  # even: sampled exactly from uniforms, see realistic_weights_
+OUTLIER_CHANNEL_SHARE = 0.01
+OUTLIER_CHANNEL_GAIN = 4.0
 GLM4_9B = Shape(4096, 13696, 40, 32, 2, 128, 151552)
 
 
@@ -116,12 +121,16 @@ def chat_template(reasoning: bool = False) -> str:
 
 def build_checkpoint(folder: Path, family: str = "glm4", shape: Shape = TINY, seed: int = 0,
                      reasoning: bool = False, dtype: str = "float32", tokenizer=None,
-                     template: str | None = None) -> Path:
+                     template: str | None = None, weights: str = "gaussian") -> Path:
     """Write a random-weight `glm4` or `glm` checkpoint (config, safetensors, tokenizer) to `folder`.
 
     `template` replaces the stand-in chat template (e.g. with a published one, to test that the
-    runtime follows the checkpoint's own template).
+    runtime follows the checkpoint's own template). `weights` is one of WEIGHT_STATISTICS:
+    "gaussian" (every matrix N(0, 0.08)) or "realistic" (heavy tails and outlier input channels, see
+    `realistic_weights_`). Raises ValueError otherwise.
     """
+    if weights not in WEIGHT_STATISTICS:
+        raise ValueError(f"weights {weights!r} is not one of {', '.join(WEIGHT_STATISTICS)}")
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig, Glm4Config, GlmConfig
 
@@ -141,10 +150,16 @@ def build_checkpoint(folder: Path, family: str = "glm4", shape: Shape = TINY, se
     torch_dtype = getattr(torch, dtype)
     with torch.device("cpu"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
-    with torch.no_grad():  # a wider init than 0.02 so greedy outputs vary with the input
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(seed)
+        hidden_outliers = torch.randperm(shape.hidden_size, generator=generator)[
+            :max(1, round(OUTLIER_CHANNEL_SHARE * shape.hidden_size))]
         for name, parameter in model.named_parameters():
-            if parameter.dim() == 2:
-                parameter.normal_(0.0, 0.08)
+            if parameter.dim() == 2 and weights == "realistic":
+                realistic_weights_(parameter, WEIGHT_STD, generator,
+                                   hidden_outliers if parameter.shape[1] == shape.hidden_size else None)
+            elif parameter.dim() == 2:
+                parameter.normal_(0.0, WEIGHT_STD)
             elif "norm" not in name:
                 parameter.normal_(0.0, 0.02)
     model.generation_config = GenerationConfig(eos_token_id=stop_ids, pad_token_id=stop_ids[0],
@@ -152,6 +167,42 @@ def build_checkpoint(folder: Path, family: str = "glm4", shape: Shape = TINY, se
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def realistic_weights_(parameter, std: float, generator, outlier_columns=None) -> None:
+    """Fill a [out, in] matrix in place with LLM-like statistics: Student's t tails, outlier input channels.
+
+    Trained LLM weights are heavier-tailed than a Gaussian: Dotzel et al., "Learning from Students:
+    Applying t-Distributions to Explore Accurate and Efficient Formats for LLMs" (ICML 2024) fit the
+    weights (and activations) of 30 LLMs and found Student's t a better fit than the normal
+    distribution; STUDENT_T_DOF = 4 is a heavy-tailed member of that family (kurtosis undefined: the
+    4th moment diverges), i.e. a pessimistic but not extreme choice. They also carry outlier *input
+    channels*: LLM.int8() (Dettmers et al., NeurIPS 2022) found a handful of hidden dimensions with
+    magnitudes up to 20x the rest in every layer of models above 6.7B parameters, SpQR (Dettmers et al.,
+    2023) found weight outliers clustering in input-feature columns, and AWQ (Lin et al., MLSys 2024)
+    protects the 0.1-1% of input channels that matter most. Here OUTLIER_CHANNEL_SHARE (1%) of the
+    input columns, the same hidden dimensions in every matrix that reads the hidden state, are scaled
+    by OUTLIER_CHANNEL_GAIN (4x). Without the outlier columns the matrix has standard deviation `std`.
+    Filled in row chunks so that the 151552-row embedding needs no full-size float32 temporaries.
+    """
+    import torch
+
+    rows, columns = parameter.shape
+    scale = std / (STUDENT_T_DOF / (STUDENT_T_DOF - 2)) ** 0.5
+    if outlier_columns is None:
+        count = max(1, round(OUTLIER_CHANNEL_SHARE * columns))
+        outlier_columns = torch.randperm(columns, generator=generator)[:count]
+    gain = torch.ones(columns)
+    gain[outlier_columns] = OUTLIER_CHANNEL_GAIN
+    chunk = max(1, (1 << 24) // columns)
+    for start in range(0, rows, chunk):
+        shape = (min(rows, start + chunk) - start, columns)
+        # t = Z / sqrt(V / dof) with V ~ chi-squared(dof); for even dof, V = -2 ln(U_1 ... U_{dof/2}).
+        uniforms = torch.ones(shape)
+        for _ in range(STUDENT_T_DOF // 2):
+            uniforms *= torch.rand(shape, generator=generator).clamp_min_(1e-12)
+        t = torch.randn(shape, generator=generator) / (-2.0 * uniforms.log_() / STUDENT_T_DOF).sqrt_()
+        parameter[start:start + shape[0]] = (t * scale * gain).to(parameter.dtype)
 
 
 def write_legacy_chatglm(glm_folder: Path, out_folder: Path) -> Path:

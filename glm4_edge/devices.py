@@ -15,9 +15,12 @@ DEFAULT_NPU_MAX_PROMPT_LEN = 1024
 DEFAULT_NPU_MIN_RESPONSE_LEN = 256
 CACHE_ENV = "GLM4_EDGE_CACHE_DIR"
 # OpenVINO quantizes activations per 32 values by default; per 128 decodes 1.21x faster on CPU with the
-# cpu preset's channel-wise INT4 weights (docs/benchmarks.md, side-by-side tuning). Per 4096 was 1.10x
+# channel-wise INT4 weights of the --fast preset (docs/benchmarks.md, side-by-side tuning). Per 4096 was 1.10x
 # faster again but stays opt-in (--property): its accuracy on real checkpoints is unmeasured.
 CPU_DYNAMIC_QUANTIZATION_GROUP = 128
+# With weights in groups smaller than that (the cpu preset's group 32), the plugin leaves activations
+# unquantized when asked for 128 (logits identical to DQ off, docs/benchmarks.md "Quality"), the
+# slow path (DQ off decoded 0.69x DQ 128 on group-128 weights); such models get their group size.
 
 
 @dataclass
@@ -105,7 +108,9 @@ def pipeline_properties(device: str, manifest: Manifest | None, model_dir: Path,
     base = base_device(device)
     properties: dict[str, Any] = {}
     if base == "CPU":
-        properties["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = CPU_DYNAMIC_QUANTIZATION_GROUP
+        group = manifest.compression.group_size if manifest is not None else None
+        properties["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = (
+            group if group and 0 < group < CPU_DYNAMIC_QUANTIZATION_GROUP else CPU_DYNAMIC_QUANTIZATION_GROUP)
     if base == "NPU":
         if manifest is None or manifest.target_device != "npu":
             raise ModelFormatError(

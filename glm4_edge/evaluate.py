@@ -60,6 +60,7 @@ class Agreement:
     perplexity: float
     reference_perplexity: float
     answer_similarity: float
+    relative_logit_rmse: float = 0.0  # RMS(logits - reference logits) / RMS(reference logits)
 
     @property
     def perplexity_ratio(self) -> float:
@@ -74,6 +75,7 @@ class EvalReport:
     agreement: Agreement | None = None
     size_bytes: int = 0
     decode_tokens_per_s: float | None = None
+    weight_error: dict[str, Any] | None = None  # glm4_edge.weight_error.WeightError.summary()
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -185,26 +187,65 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
-def compare_logits(model, reference, texts: list[str]) -> tuple[int, float, float, float, float]:
-    """(tokens, top-1 agreement, mean KL(reference || model), perplexity, reference perplexity)."""
-    agree = tokens = 0
-    kl_sum = nll = nll_reference = 0.0
+@dataclass
+class OutputError:
+    """Next-token distributions of a model against a reference on the same token ids."""
+
+    tokens: int
+    top1_agreement: float
+    mean_kl: float  # KL(reference || model), nats per token
+    relative_logit_rmse: float  # RMS(logits - reference) / RMS(reference), over positions and vocabulary
+    perplexity: float
+    reference_perplexity: float
+
+
+def output_error(got_logits: np.ndarray, want_logits: np.ndarray, ids: list[int] | None = None) -> OutputError:
+    """Compare [positions, vocab] logits with a reference's; with `ids`, also the perplexity of ids[1:].
+
+    With `ids`, the last position is dropped (it predicts a token outside the text). The vocabularies
+    are cut to the shorter one (padded heads).
+    """
+    vocab = min(got_logits.shape[-1], want_logits.shape[-1])
+    got, want = np.asarray(got_logits, np.float64)[:, :vocab], np.asarray(want_logits, np.float64)[:, :vocab]
+    if ids is not None:
+        got, want = got[:len(ids) - 1], want[:len(ids) - 1]
+    log_got, log_want = _log_softmax(got), _log_softmax(want)
+    power = float(np.square(want).sum())
+    rmse = float(np.sqrt(np.square(got - want).sum() / power)) if power else 0.0
+    ppl = ppl_reference = float("nan")
+    if ids is not None:
+        targets = np.array(ids[1:])
+        rows = np.arange(len(targets))
+        ppl = float(np.exp(-log_got[rows, targets].mean()))
+        ppl_reference = float(np.exp(-log_want[rows, targets].mean()))
+    return OutputError(len(got), float((log_got.argmax(-1) == log_want.argmax(-1)).mean()),
+                       float((np.exp(log_want) * (log_want - log_got)).sum(-1).mean()), rmse, ppl, ppl_reference)
+
+
+def compare_logits(model, reference, texts: list[str]) -> OutputError:
+    """Output error over the texts' next tokens: token-weighted means, RMSE over all logits."""
+    parts: list[tuple[int, OutputError, float]] = []
     for text in texts:
         ids = reference.encode(text)
         if len(ids) < 2:
             continue
-        got, want = _log_softmax(model.logits(ids)), _log_softmax(reference.logits(ids))
+        got, want = model.logits(ids), reference.logits(ids)
+        error = output_error(got, want, ids)
         vocab = min(got.shape[-1], want.shape[-1])
-        got, want = got[:-1, :vocab], want[:-1, :vocab]
-        targets = np.array(ids[1:])
-        agree += int((got.argmax(-1) == want.argmax(-1)).sum())
-        kl_sum += float((np.exp(want) * (want - got)).sum())
-        nll -= float(got[np.arange(len(targets)), targets].sum())
-        nll_reference -= float(want[np.arange(len(targets)), targets].sum())
-        tokens += len(targets)
-    if not tokens:
+        parts.append((error.tokens, error, float(np.square(np.asarray(want[:-1, :vocab], np.float64)).sum())))
+    if not parts:
         raise Glm4EdgeError("no text to compare: the cases rendered to fewer than 2 tokens")
-    return tokens, agree / tokens, kl_sum / tokens, float(np.exp(nll / tokens)), float(np.exp(nll_reference / tokens))
+    tokens = sum(n for n, _, _ in parts)
+    power = sum(p for _, _, p in parts)
+
+    def mean(key: str) -> float:
+        return sum(n * getattr(e, key) for n, e, _ in parts) / tokens
+
+    rmse = float(np.sqrt(sum(p * e.relative_logit_rmse ** 2 for _, e, p in parts) / power)) if power else 0.0
+    nll = sum(n * np.log(e.perplexity) for n, e, _ in parts) / tokens
+    nll_reference = sum(n * np.log(e.reference_perplexity) for n, e, _ in parts) / tokens
+    return OutputError(tokens, mean("top1_agreement"), mean("mean_kl"), rmse, float(np.exp(nll)),
+                       float(np.exp(nll_reference)))
 
 
 def similarity(a: str, b: str) -> float:
@@ -248,8 +289,22 @@ def evaluate(model_path: Path, reference_path: Path | None = None, tasks: str = 
     if reference_path is not None:
         reference, reference_answers = _reference(Path(reference_path), device, cases)
         texts = agreement_texts(cases, reference_answers)
-        tokens, top1, kl, ppl, ppl_reference = compare_logits(model, reference, texts)
+        error = compare_logits(model, reference, texts)
         similar = float(np.mean([similarity(a, b) for a, b in zip(answers, reference_answers, strict=True)]))
-        report.agreement = Agreement(len(texts), tokens, top1, kl, ppl, ppl_reference, similar)
+        report.agreement = Agreement(len(texts), error.tokens, error.top1_agreement, error.mean_kl, error.perplexity,
+                                     error.reference_perplexity, similar, error.relative_logit_rmse)
+        report.weight_error = _weight_error(Path(model_path), Path(reference_path))
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _weight_error(model_path: Path, reference_path: Path) -> dict[str, Any] | None:
+    """Weight error of a converted model against its safetensors source; None where that does not apply."""
+    from . import weight_error
+
+    if not (model_path / "openvino_model.xml").is_file() or not any(reference_path.glob("*.safetensors")):
+        return None
+    try:
+        return weight_error.ir_weight_error(model_path, reference_path).summary()
+    except ModelFormatError:
+        return None

@@ -25,6 +25,9 @@ class Compression:
     dataset: str | None = None
     backup_precision: str | None = None
     bits_table: list[dict[str, Any]] = field(default_factory=list)  # NNCF's bit-width distribution
+    # Measured at conversion against the source (glm4_edge.weight_error.WeightError.summary()):
+    # mean/worst relative MSE, ratio to Q4_0 rounding of the same weights, and the quality class.
+    weight_error: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -34,7 +34,6 @@ NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 # Hidden siblings that convert (`.NAME.tmp-PID`, `.NAME.old-PID`), unpack and rm leave while working.
 WORK_FOLDER = re.compile(r"\.(?P<name>.+)\.(?:tmp|old|rm)-(?P<pid>\d+)")
 # The manifest key the compression presets record a quality class under (shown by `list` when present).
-QUALITY_KEYS = ("quality_class", "quality")
 
 
 def home() -> Path:
@@ -153,7 +152,8 @@ def _entry(path: Path) -> Entry:
             family = "unknown"
         return Entry(path.name, path, family, "unknown", None, "-", size, created, "")
     compression = raw.get("compression") or {}
-    quality = next((str(raw[key]) for key in QUALITY_KEYS if raw.get(key)), None)
+    error = compression.get("weight_error") if isinstance(compression.get("weight_error"), dict) else {}
+    quality = str(error["quality_class"]) if error.get("quality_class") else None  # measured by convert
     return Entry(path.name, path, str(raw.get("family", "unknown")), str(compression.get("weight_format", "?")),
                  quality, str(raw.get("target_device", "cpu")), size, str(raw.get("created") or created),
                  str((raw.get("source") or {}).get("id", "")))

@@ -108,7 +108,10 @@ def test_every_family_and_format_streams_from_raw_genai(converted, family, weigh
     manifest = read_manifest(folder)
     assert manifest.family == family
     assert manifest.compression.weight_format == weight_format
-    expected = {"int4": "int4_sym", "int8": "int8_asym", "fp16": "fp16"}[weight_format]  # the CPU preset
+    from glm4_edge.convert.presets import PRESETS
+
+    int4 = "int4_sym" if PRESETS["cpu"].sym else "int4_asym"
+    expected = {"int4": int4, "int8": "int8_asym", "fp16": "fp16"}[weight_format]  # the CPU preset
     assert manifest.compression.bits_table[0]["precision"] == expected
     assert stream_raw(folder)
 
@@ -171,7 +174,13 @@ def test_manifest_is_complete(converted):
     manifest = read_manifest(converted("glm4", "int4"))
     assert manifest.source["id"] and manifest.source["content_hash"].startswith("sha256:")
     c = manifest.compression
-    assert (c.group_size, c.ratio, c.sym, c.all_layers, c.backup_precision) == (-1, 1.0, True, True, "int8_sym")
+    from glm4_edge.convert.presets import PRESETS
+
+    cpu = PRESETS["cpu"]
+    assert (c.group_size, c.ratio, c.sym, c.all_layers, c.backup_precision) == (
+        cpu.group_size, cpu.ratio, cpu.sym, cpu.all_layers, cpu.backup_precision)
+    assert manifest.preset == "cpu"
+    assert c.weight_error["matrices"] == 14 and c.weight_error["quality_class"] != "coarser than Q4_0"
     assert c.bits_table and abs(sum(row["percent"] for row in c.bits_table) - 100) < 0.1
     assert manifest.stop_token_ids and len(manifest.stop_token_ids) == 3
     assert manifest.generation_prefix == "<|assistant|>"
@@ -295,6 +304,8 @@ def bad_sources(workdir, tiny_glm4):
     ("good", ["--weight-format", "fp16", "--group-size", "64"], ["--group-size"]),
     ("good", ["--weight-format", "int8", "--ratio", "0.5"], ["--ratio"]),
     ("good", ["--ratio", "1.5"], ["--ratio"]),
+    ("good", ["--fast", "--weight-format", "int8"], ["--fast"]),
+    ("good", ["--fast", "--device", "npu"], ["--fast", "NPU"]),
     ("good", ["--context", "100"], ["--context"]),
     ("good", ["--dataset", "/nonexistent.jsonl", "--awq"], ["--dataset"]),
     ("good", ["--adapter", "/nonexistent-adapter"], ["--adapter"]),
@@ -359,10 +370,14 @@ def test_convert_cli_prints_summary(workdir, tiny_glm4):
     out = workdir / "cli-int4"
     result = run_cli("convert", str(tiny_glm4), "-o", str(out))
     assert result.returncode == 0, result.stderr
-    assert "int4_sym" in result.stderr and "peak memory" in result.stderr
+    assert "int4_" in result.stderr and "peak memory" in result.stderr
+    assert "quality: " in result.stderr and "Q4_0" in result.stderr  # rich wraps the rest of the line
     assert (out / MANIFEST_NAME).is_file()
     info = run_cli("info", str(out), "--json")
     assert json.loads(info.stdout)["family"] == "glm4"
+    assert json.loads(info.stdout)["compression"]["weight_error"]["quality_class"]
+    info_table = run_cli("info", str(out)).stdout
+    assert "quality" in info_table and "Q4_0" in info_table
 
 
 def test_runtime_package_does_not_import_torch():

@@ -100,6 +100,10 @@ def test_eval_cli_json_and_table(variants, tmp_path):
     report = json.loads(result.stdout)
     assert {t["task"] for t in report["tasks"]} == {"addition", "recall"}
     assert report["agreement"]["top1_agreement"] > 0.8
+    assert 0.0 < report["agreement"]["relative_logit_rmse"] < 1.0
+    weights = report["weight_error"]  # the reference is the safetensors checkpoint the model came from
+    assert weights["matrices"] > 0 and 0.0 < weights["mean_relative_mse"] <= weights["worst_relative_mse"]
+    assert weights["quality_class"]
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text(json.dumps({"prompt": "What is 2+3?", "expected": "5"}) + "\n")
     result = run_cli("eval", str(variants["int4-cpu"]), "--tasks", str(tasks),

@@ -23,6 +23,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--weight-format", choices=("int4", "int8", "fp16"), default="int4")
     parser.add_argument("--device", choices=("cpu", "gpu", "npu"), default="cpu",
                         help="target device: picks the compression preset (default cpu)")
+    parser.add_argument("--fast", action="store_true",
+                        help="speed-first preset: channel-wise INT4, faster decode but coarser than llama.cpp "
+                             "Q4_0 (cpu and gpu; see docs/benchmarks.md)")
     parser.add_argument("--group-size", type=int, help="INT4 group size; -1 = channel-wise")
     parser.add_argument("--ratio", type=float, help="share of weights in INT4, the rest in backup precision")
     parser.add_argument("--sym", action=argparse.BooleanOptionalAction, default=None,
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         source=args.model, output=output, weight_format=args.weight_format, device=args.device,
         group_size=args.group_size, ratio=args.ratio, sym=args.sym, all_layers=args.all_layers, awq=args.awq,
         scale_estimation=args.scale_estimation, dataset=args.dataset, backup_precision=args.backup_precision,
-        context=args.context, adapter=args.adapter, revision=args.revision, force=args.force,
+        fast=args.fast, context=args.context, adapter=args.adapter, revision=args.revision, force=args.force,
         npu_max_prompt_len=args.npu_max_prompt_len, npu_min_response_len=args.npu_min_response_len,
         check_resources=not args.no_resource_check)
     stage = ["starting"]

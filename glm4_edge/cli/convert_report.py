@@ -50,6 +50,12 @@ def summary(result) -> None:
     before, after = manifest.size_bytes.get("source", 0), manifest.size_bytes.get("output", 0)
     console.print(f"size {before / 1e6:,.1f} MB -> {after / 1e6:,.1f} MB · time {result.seconds:.1f} s · "
                   f"peak memory {result.peak_rss_bytes / 1e9:.2f} GB")
+    if compression.weight_error:
+        from .info import quality_line
+
+        error = compression.weight_error
+        console.print(f"quality: {quality_line(error)}; worst matrix {error['worst_matrix']} "
+                      f"({error['worst_relative_mse']:.4g})")
     for note in result.notes:
         console.print(f"[yellow]note[/] {note}")
     console.print(f"[bold]{result.output}[/]  try: glm4-edge chat {result.output}")

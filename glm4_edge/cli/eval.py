@@ -49,9 +49,15 @@ def run(args: argparse.Namespace) -> int:
         a = report.agreement
         table.add_row("top-1 agreement", f"{a.top1_agreement:.1%}")
         table.add_row("mean KL divergence", f"{a.mean_kl:.4f}")
+        table.add_row("relative logit RMSE", f"{a.relative_logit_rmse:.4f}")
         ratio = f"{a.perplexity_ratio:.3f} ({a.perplexity:.2f} / {a.reference_perplexity:.2f})"
         table.add_row("perplexity ratio", ratio)
         table.add_row("answer similarity", f"{a.answer_similarity:.1%}")
+    if report.weight_error:
+        w = report.weight_error
+        table.add_row("weight relative MSE: mean", f"{w['mean_relative_mse']:.5f}")
+        table.add_row("weight relative MSE: worst", f"{w['worst_relative_mse']:.5f} ({w['worst_matrix']})")
+        table.add_row("weight error vs Q4_0 rounding", f"{w['ratio_to_q4_0']:.2f}x: {w['quality_class']}")
     table.add_row("size on disk", f"{report.size_bytes / 1e6:,.1f} MB")
     if report.decode_tokens_per_s:
         table.add_row("decode tokens/s", f"{report.decode_tokens_per_s:,.0f}")

@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         ("target device", manifest.target_device), ("weights", c.weight_format),
         ("group size", str(c.group_size)), ("ratio", str(c.ratio)), ("symmetric", str(c.sym)),
         ("all layers", str(c.all_layers)), ("awq / scale estimation", f"{c.awq} / {c.scale_estimation}"),
+        ("preset", manifest.preset or "-"), ("quality", quality_line(c.weight_error)),
         ("context", str(manifest.context_length)), ("reasoning (Z1)", str(manifest.reasoning)),
         ("size on disk", f"{folder_bytes(folder) / 1e6:,.1f} MB"),
         ("created", manifest.created),
@@ -73,3 +74,11 @@ def run(args: argparse.Namespace) -> int:
         bits.add_row(row["precision"], str(row["tensors"]), f"{row['percent']:.1f}")
     console.print(bits)
     return 0
+
+
+def quality_line(weight_error: dict) -> str:
+    """'about Q4_K_M error or better (weight relative MSE 0.0031, 0.38x Q4_0 rounding)', or '-'."""
+    if not weight_error:
+        return "-"
+    return (f"{weight_error['quality_class']} (weight relative MSE {weight_error['mean_relative_mse']:.4g}, "
+            f"{weight_error['ratio_to_q4_0']:.2f}x Q4_0 rounding of the same weights)")
