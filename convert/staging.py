@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from glm4_edge.errors import Glm4EdgeError
+from glm4_edge.store import publish_folder as publish  # noqa: F401 - export.py publishes through here
 
 
 def check_output(output: Path, force: bool) -> None:
@@ -58,19 +59,3 @@ def staging_folder(output: Path):
                 folder.rmdir()
             except OSError:
                 break
-
-
-def publish(temp: Path, output: Path) -> None:
-    """Move the finished model into place; an old output (with --force) goes only after that."""
-    old = None
-    if output.exists():
-        old = output.parent / f".{output.name}.old-{os.getpid()}"
-        os.replace(output, old)
-    try:
-        os.replace(temp, output)
-    except BaseException:
-        if old is not None:
-            os.replace(old, output)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

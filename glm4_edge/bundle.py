@@ -238,17 +238,7 @@ def _extract(archive: Path, tar: tarfile.TarFile, members: list[tarfile.TarInfo]
         if problems:
             raise ModelFormatError(f"{archive} failed verification: {problems[0]}; nothing was unpacked. Copy "
                                    "the archive again")
-        old = root / f".{target}.old-{os.getpid()}" if destination.exists() else None
-        if old is not None:
-            os.replace(destination, old)
-        try:
-            os.replace(folder, destination)
-        except BaseException:
-            if old is not None:
-                os.replace(old, destination)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        store.publish_folder(folder, destination)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     total = sum(int(entry.get("size") or 0) for entry in files.values())

@@ -210,3 +210,22 @@ def clean_stale() -> int:
         freed += sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
         shutil.rmtree(path, ignore_errors=True)
     return freed
+
+
+def publish_folder(temp: Path, output: Path) -> None:
+    """Move a finished folder into place (one rename); an old `output` (with --force) goes only after that.
+
+    Shared by `convert` and `unpack`, so a model folder is never half there under its name.
+    """
+    old = None
+    if output.exists():
+        old = output.parent / f".{output.name}.old-{os.getpid()}"
+        os.replace(output, old)
+    try:
+        os.replace(temp, output)
+    except BaseException:
+        if old is not None:
+            os.replace(old, output)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
