@@ -27,6 +27,7 @@ from glm4_edge.errors import BadParameterError, Glm4EdgeError, ModelFormatError
 from glm4_edge.glm_format import DEFAULT_GENERATION_PREFIX, STOP_TOKENS, THINK_OPEN
 from glm4_edge.integrity import file_table
 from glm4_edge.manifest import MANIFEST_NAME, Compression, Manifest
+from glm4_edge.store import free_disk as free_disk_at
 
 from . import calibration, families, lora, presets
 from .staging import check_output, publish, staging_folder
@@ -257,10 +258,7 @@ def resource_needs(source: families.SourceInfo, source_bytes: int, weight_format
 def check_resources(source_bytes: int, parent: Path, need_disk: int, need_ram: int) -> None:
     import psutil
 
-    existing = parent
-    while not existing.exists():
-        existing = existing.parent
-    free_disk = shutil.disk_usage(existing).free
+    existing, free_disk = free_disk_at(parent)
     if free_disk < need_disk:
         raise Glm4EdgeError(f"not enough disk: converting needs about {_gb(need_disk)} free next to the output, "
                             f"{existing} has {_gb(free_disk)}; free space or choose another -o "

@@ -200,10 +200,7 @@ def _check_members(archive: Path, tar: tarfile.TarFile,
 
 
 def _check_space(archive: Path, root: Path, needed: int) -> None:
-    existing = root
-    while not existing.exists():
-        existing = existing.parent
-    free = shutil.disk_usage(existing).free
+    existing, free = store.free_disk(root)
     if free < needed:
         raise Glm4EdgeError(f"not enough disk to unpack {archive}: {needed / 1e9:.2f} GB needed, {existing} has "
                             f"{free / 1e9:.2f} GB free")

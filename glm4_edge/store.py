@@ -229,3 +229,11 @@ def publish_folder(temp: Path, output: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def free_disk(path: Path) -> tuple[Path, int]:
+    """(the nearest existing folder at or above `path`, its free bytes): where a new output will land."""
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    return existing, shutil.disk_usage(existing).free
