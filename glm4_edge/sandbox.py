@@ -50,6 +50,7 @@ DEFAULT_PROCESSES = 64
 DEFAULT_OPEN_FILES = 256
 DEFAULT_CONVERSATION_CPU_S = 600
 STARTUP_S = 30.0
+KILL_WAIT_S = 5.0  # how long a kill waits for the pid namespace to empty
 NOBODY = 65534
 # Where Python and the libraries it loads live on common Linux systems (read-only for the worker). Of
 # /etc only what Python's standard library and numpy/matplotlib read: never /etc/shadow and the like.
@@ -107,6 +108,22 @@ def check_supported() -> None:
                                       f"this is {sys.platform}")
     if shutil.which("unshare") is None:
         raise SandboxUnavailableError("the python tool needs util-linux `unshare` (apt install util-linux)")
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids of `pid`'s children (Linux /proc; empty when it has none or has exited)."""
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (field 3 of /proc/PID/stat is its state)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _framed(message: dict) -> bytes:
@@ -172,11 +189,18 @@ class Sandbox:
         process, self._process = self._process, None
         if process is None:
             return
+        workers = _children(process.pid)
         try:
             os.killpg(process.pid, signal.SIGKILL)  # unshare --kill-child takes the pid namespace with it
         except ProcessLookupError:
             pass
         process.wait()
+        # The namespace's init (the worker) kills and waits for everything in its namespace before it
+        # turns zombie, but that happens after unshare itself has been reaped: wait for it, so that a
+        # caller never sees a process of the killed cell still running.
+        deadline = time.monotonic() + KILL_WAIT_S
+        while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.01)
         for stream in (process.stdin, process.stdout, process.stderr):
             if stream is not None:
                 stream.close()
