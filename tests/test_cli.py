@@ -98,6 +98,8 @@ def test_info_shows_the_manifest(scripted_model):
     assert result.returncode == 0, result.stderr
     for word in ("glm4", "fp16", "weights by precision", "openvino"):
         assert word in result.stdout
+    group_row = next(line for line in result.stdout.splitlines() if "group size" in line)
+    assert group_row.split("group size")[1].strip(" │|") == "-"  # fp16 weights have no groups
 
 
 def spawn_chat(model, *extra: str) -> pexpect.spawn:

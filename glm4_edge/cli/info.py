@@ -26,6 +26,13 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+def _group_size(weight_format: str, group_size: int) -> str:
+    """Group size as users read it: only INT4 weights are grouped; -1 is NNCF's code for channel-wise."""
+    if not weight_format.startswith("int4"):
+        return "-"
+    return "channel-wise" if group_size == -1 else str(group_size)
+
+
 def _device_choice(folder: Path) -> str:
     from ..device_bench import recorded
 
@@ -54,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         ("revision", str(manifest.source.get("revision") or manifest.source.get("content_hash", ""))),
         ("adapter", str(manifest.source.get("adapter") or "-")),
         ("target device", manifest.target_device), ("weights", c.weight_format),
-        ("group size", str(c.group_size)), ("ratio", str(c.ratio)), ("symmetric", str(c.sym)),
+        ("group size", _group_size(c.weight_format, c.group_size)), ("ratio", str(c.ratio)), ("symmetric", str(c.sym)),
         ("all layers", str(c.all_layers)), ("awq / scale estimation", f"{c.awq} / {c.scale_estimation}"),
         ("preset", manifest.preset or "-"), ("quality", quality_line(c.weight_error)),
         ("context", str(manifest.context_length)), ("reasoning (Z1)", str(manifest.reasoning)),
