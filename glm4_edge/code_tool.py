@@ -99,6 +99,7 @@ class ToolChat:
         self.sandbox.close()
         self.sandbox = Sandbox(self.limits)
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
+        self.last_stats = None
 
     def close(self) -> None:
         self.sandbox.close()

@@ -453,7 +453,9 @@ class Chat:
         self.reset()
 
     def reset(self) -> None:
+        """A new conversation: only the system prompt is kept; the last answer's stats go with the rest."""
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
+        self.last_stats = None
 
     def add_tool_result(self, content: Any, name: str | None = None) -> None:
         if not isinstance(content, str):

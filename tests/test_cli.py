@@ -122,6 +122,9 @@ def test_chat_repl(scripted_model):
     child.sendline("/clear")
     child.expect("conversation cleared")
     child.expect(">>> ")
+    child.sendline("/stats")  # a new conversation has no answer yet
+    child.expect("no answer yet")
+    child.expect(">>> ")
     child.sendline("/exit")
     child.expect(pexpect.EOF)
     child.close()
