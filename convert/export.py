@@ -10,6 +10,7 @@ import datetime as dt
 import gc
 import hashlib
 import json
+import logging
 import os
 import re
 import resource
@@ -333,12 +334,25 @@ def export_ir(folder: Path, out: Path, fp16: bool) -> None:
 
     # An explicit OVConfig without quantization stops optimum from INT8-compressing >1B models on its
     # own: compression is done once, below, with the settings the user chose.
-    with warnings.catch_warnings(), _quiet_transformers():
+    with warnings.catch_warnings(), _quiet_transformers(), _quiet_logger("torch.utils.cpp_extension"):
         warnings.simplefilter("ignore")  # torch.jit tracer chatter that users cannot act on
         main_export(str(folder), out, task="text-generation-with-past",
                     ov_config=OVConfig(dtype="fp16" if fp16 else None), convert_tokenizer=True,
                     library_name="transformers")
     gc.collect()
+
+
+@contextmanager
+def _quiet_logger(name: str, level: int = logging.WARNING + 10):
+    """Raise one library logger's threshold for a block. Used for torch's "No CUDA runtime is found"
+    (a CPU-only conversion needs no CUDA) and NNCF's INFO bit-width table (convert prints its own)."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 @contextmanager
@@ -387,7 +401,8 @@ def compress_ir(out: Path, source_folder: Path, settings: presets.CompressionSet
         kwargs["advanced_parameters"] = nncf.AdvancedCompressionParameters(
             group_size_fallback_mode=GroupSizeFallbackMode.ADJUST,
             min_adjusted_group_size=presets.MIN_ADJUSTED_GROUP_SIZE)
-    compressed = nncf.compress_weights(model, mode=mode, **kwargs)
+    with _quiet_logger("nncf", logging.WARNING):
+        compressed = nncf.compress_weights(model, mode=mode, **kwargs)
     temp_xml = out / "openvino_model.compressed.xml"
     ov.save_model(compressed, temp_xml, compress_to_fp16=False)
     del compressed, model
