@@ -138,8 +138,9 @@ def calculator_options(options: OvmsOptions) -> dict[str, object]:
     manifest = read_manifest(options.model)
     if base == "NPU":
         if manifest is None or manifest.target_device != "npu":
-            raise ModelFormatError(f"{options.model} was not compressed for the NPU (it needs symmetric INT4 "
-                                   f"weights); convert it with: glm4-edge convert SOURCE --device npu")
+            made_for = f"--device {manifest.target_device}" if manifest else "another tool"
+            raise ModelFormatError(f"{options.model} was converted with {made_for}, not for the NPU (symmetric INT4 "
+                                   f"by its group rule); convert it with: glm4-edge convert SOURCE --device npu")
         npu = manifest.npu or {}
         plugin.setdefault("MAX_PROMPT_LEN", int(options.max_prompt_len or npu.get("max_prompt_len") or 1024))
         plugin.setdefault("MIN_RESPONSE_LEN", int(options.min_response_len or npu.get("min_response_len") or 256))

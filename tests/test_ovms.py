@@ -145,7 +145,7 @@ def test_repository_keeps_other_models_and_refuses_to_overwrite(scripted_model, 
 
 def test_npu_export_carries_the_static_shape(scripted_model, tmp_path):
     plain = export(scripted_model, "-o", tmp_path / "r", "--device", "NPU", check=False)
-    assert plain.returncode == 2 and "not compressed for the NPU" in plain.stderr
+    assert plain.returncode == 2 and "converted with --device cpu, not for the NPU" in plain.stderr
     assert plain.stderr.count("\n") == 1 and not (tmp_path / "r" / "config.json").exists()
 
     npu_model = shutil.copytree(scripted_model, tmp_path / "npu-model")
