@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -42,7 +43,8 @@ def measure(model_dir: str, tokens: int, kv: str, one_shot: bool) -> dict:
     model = glm4_edge.load(model_dir, properties={"KV_CACHE_PRECISION": kv})
     model.context_length = tokens + 4096
     model.warm_up()
-    result: dict = {"prompt_tokens": tokens, "kv_cache_precision": kv}
+    # The machine's 1-minute load average: on a shared 2-core machine the rates mean little without it.
+    result: dict = {"prompt_tokens": tokens, "kv_cache_precision": kv, "load_avg_start": os.getloadavg()[0]}
 
     def ask(text: str, question: str, chunked: bool) -> tuple[float, int, int]:
         model.prefill_threshold = 4096 if chunked else 0
@@ -60,7 +62,7 @@ def measure(model_dir: str, tokens: int, kv: str, one_shot: bool) -> dict:
     ttft, count, updates = ask(text, "Summarize the report.", chunked=True)
     result.update(chunked_ttft_s=round(ttft, 2), chunked_tokens_per_s=round(count / ttft, 1),
                   chunked_wall_s=round(time.perf_counter() - started, 2), progress_updates=updates,
-                  peak_rss_gib=round(peak_rss_bytes() / 2**30, 2))
+                  peak_rss_gib=round(peak_rss_bytes() / 2**30, 2), load_avg_end=os.getloadavg()[0])
     print(json.dumps(result), file=sys.stderr, flush=True)
     follow, _, _ = ask(text, "Which city does the report name first?", chunked=True)
     result.update(follow_up_ttft_s=round(follow, 3), peak_rss_gib=round(peak_rss_bytes() / 2**30, 2))
