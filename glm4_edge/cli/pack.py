@@ -30,6 +30,6 @@ def run(args: argparse.Namespace) -> int:
     if not result.manifest_hashes:
         print(f"glm4-edge pack: note: {result.name} records no file hashes of its own (converted by an older "
               "glm4-edge or another tool); the archive's index still lets `unpack` check the copy", file=sys.stderr)
-    print(f"packed {result.name}: {result.files} files, {human_size(result.bytes)} -> {result.archive} "
-          f"({result.seconds:.1f} s); on the other machine: glm4-edge unpack {result.archive.name}")
+    print(f"packed {result.name}: {result.files} files (manifest included), {human_size(result.bytes)} -> "
+          f"{result.archive} ({result.seconds:.1f} s); on the other machine: glm4-edge unpack {result.archive.name}")
     return 0
