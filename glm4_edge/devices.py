@@ -61,7 +61,8 @@ def describe_devices() -> list[DeviceInfo]:
         for key in ("DEVICE_TYPE", "DEVICE_ARCHITECTURE", "GPU_DEVICE_TOTAL_MEM_SIZE", "INFERENCE_NUM_THREADS"):
             value = prop(key, None)
             if value not in (None, ""):
-                extra[key] = str(value)
+                # OpenVINO returns some properties as enums (Type.INTEGRATED): users read the lowercase name
+                extra[key] = value.name.lower() if hasattr(value, "name") and not isinstance(value, str) else str(value)
         infos.append(DeviceInfo(name, str(prop("FULL_DEVICE_NAME", name)),
                                 [str(c) for c in prop("OPTIMIZATION_CAPABILITIES", [])], extra))
     return infos

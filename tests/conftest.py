@@ -43,10 +43,14 @@ def _convert(source: Path, output: Path, **options) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def model_store(tmp_path_factory) -> Path:
-    """Tests never touch the user's own model store: $GLM4_EDGE_HOME points into the session's temp folder."""
+    """Tests never touch the user's own model store or compile cache: $GLM4_EDGE_HOME and the cache root
+    point into the session's temp folder."""
+    from glm4_edge.devices import CACHE_ENV
+
     home = tmp_path_factory.mktemp("store")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GLM4_EDGE_HOME", str(home))
+        patch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("compile-cache")))
         yield home
 
 

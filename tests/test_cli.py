@@ -91,6 +91,7 @@ def test_devices_lists_cpu():
     assert result.returncode == 0
     devices = json.loads(result.stdout)
     assert devices[0]["name"] == "CPU" and devices[0]["full_name"]
+    assert devices[0]["properties"]["DEVICE_TYPE"] == "integrated"  # the enum's name, not "Type.INTEGRATED"
 
 
 def test_info_shows_the_manifest(scripted_model):

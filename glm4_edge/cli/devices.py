@@ -72,7 +72,7 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     table = Table(title="OpenVINO devices")
     for column in ("device", "full name", "capabilities", "details"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # wrap, never cut: these values are what users copy
     for info in infos:
         details = ", ".join(f"{k}={v}" for k, v in info.properties.items())
         table.add_row(info.name, info.full_name, ", ".join(info.capabilities), details)
@@ -141,13 +141,13 @@ def _cache(args: argparse.Namespace) -> int:
         return 0
     table = Table(title=f"compile cache: {cache_root()}")
     for column in ("model", "device", "OpenVINO", "driver", "size", "last used", "status"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold", no_wrap=column in ("device", "size"))
     for entry in listed:
         record = entry.record
         table.add_row(record.model_name if record else entry.path.name, record.device if record else "?",
                       record.openvino if record else "?", record.driver if record else "?",
-                      f"{entry.size_bytes / BYTES_PER_MB:,.1f} MB", record.last_used if record else "-",
-                      entry.status)
+                      f"{entry.size_bytes / BYTES_PER_MB:,.1f} MB",
+                      record.last_used[:16].replace("T", " ") if record else "-", entry.status)
     Console().print(table)
     if removed:
         freed = sum(e.size_bytes for e in removed)
