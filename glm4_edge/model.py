@@ -307,6 +307,11 @@ class Model:
         """
         checked = GenerationOptions.of(options)
         refuse("generate_batch", BATCH_CANNOT_HONOUR, {"cancel": cancel})
+        if getattr(self, "static_shape", None) is not None:
+            # A static-shape (NPU) pipeline runs one sequence at a time anyway; one by one, each request
+            # goes through the streaming path, which sends what does not fit the shape to the fallback.
+            return [self.generate(messages, tools=tools, tool_choice=tool_choice, json_schema=json_schema,
+                                  **options) for messages in conversations]
         schemas, forced = _tool_plan(tools, tool_choice, json_schema)
         prompts = [self.render(messages, schemas) for messages in conversations]
         if forced is not None:

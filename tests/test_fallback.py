@@ -80,6 +80,10 @@ def test_over_limit_requests_run_on_the_lazily_loaded_shared_fallback(stand_in, 
     attach(other, StaticShape(*SHAPE), "CPU", context_length=4096)
     assert other.fallback is stand_in.fallback  # one fallback pipeline per model folder and device
 
+    batch = stand_in.generate_batch(["hi", LONG_PROMPT], max_new_tokens=16, temperature=0)  # generate --batch
+    assert [r.text for r in batch] == [REASONING_ANSWER] * 2
+    assert batch[0].stats.fallback is None and "MAX_PROMPT_LEN 32" in batch[1].stats.fallback
+
     answer_too_long = stand_in.generate("hi", max_new_tokens=45, temperature=0)
     assert "MIN_RESPONSE_LEN" in answer_too_long.stats.fallback
     assert answer_too_long.text == REASONING_ANSWER
