@@ -14,13 +14,14 @@ import httpx
 import openai
 import pytest
 
+from . import test_server
 from .conftest import REASONING_ANSWER, REASONING_THOUGHT
-from .test_server import (  # noqa: F401  (module-scoped server fixtures)
-    batched_loop_server,
-    loop_server,
-    scripted_server,
-    tool_server,
-)
+
+# The chat tests' module-scoped servers, started again for this module.
+scripted_server = test_server.scripted_server
+tool_server = test_server.tool_server
+loop_server = test_server.loop_server
+batched_loop_server = test_server.batched_loop_server
 
 FUNCTION_TOOL = {"type": "function", "name": "get_weather", "description": "Current weather in a city",
                  "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
@@ -68,9 +69,24 @@ def test_stream_events_build_the_same_response(scripted_server):
     final = events[-1].response
     assert final.output_text == whole.output_text and final.usage.output_tokens == whole.usage.output_tokens
     assert final.output[1].id == done.item_id == events[kinds.index("response.content_part.added", 5)].item_id
-    with scripted_server.http() as http:
-        raw = http.post("/v1/responses", json={"input": "hi", "stream": True}).text
+    _check_shapes(scripted_server, {"input": "hi"})
+
+
+def _check_shapes(server, body: dict) -> None:
+    """The raw JSON (whole and every streamed event) validates against the SDK's own pydantic types."""
+    from openai.types.responses import Response, ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    with server.http() as http:
+        whole = http.post("/v1/responses", json=body).json()
+        raw = http.post("/v1/responses", json={**body, "stream": True}).text
+    Response.model_validate(whole)
     assert raw.startswith("event: response.created\ndata: {") and "[DONE]" not in raw
+    events = TypeAdapter(ResponseStreamEvent)
+    for block in raw.strip().split("\n\n"):
+        name, data = block.split("\n")
+        event = events.validate_python(json.loads(data.removeprefix("data: ")))
+        assert name == f"event: {event.type}"
 
 
 def test_max_output_tokens_gives_incomplete(scripted_server):
@@ -145,6 +161,7 @@ def test_function_call_streaming(tool_server):
     deltas = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
     assert json.loads(done.arguments) == {"city": "Beijing"} == json.loads("".join(deltas))
     assert done.item_id == added[0].id and events[-1].response.output[0].name == "get_weather"
+    _check_shapes(tool_server, {"input": WEATHER, "tools": [FUNCTION_TOOL]})
 
 
 def test_tool_choice_none_and_named(tool_server):
