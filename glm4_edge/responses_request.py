@@ -42,7 +42,7 @@ REFUSED_FIELDS = {
     "access_programs": "access programs are not supported",
 }
 DEFAULT_VALUES = {"service_tier": ("auto", "default"), "truncation": ("disabled",),
-                  "prompt_cache_retention": ("in_memory", "in-memory"), "background": (False,)}
+                  "prompt_cache_retention": ("in_memory", "in-memory")}
 TEXT_PARTS = ("input_text", "output_text", "refusal")
 MEDIA_PARTS = ("input_image", "input_file", "input_audio")
 ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
@@ -224,7 +224,7 @@ def parse(raw: dict[str, Any]) -> ResponsesRequest:
 def _refuse_fields(raw: dict[str, Any]) -> None:
     for name, why in REFUSED_FIELDS.items():
         value = raw.get(name)
-        if value in (None, [], {}, "") or value in DEFAULT_VALUES.get(name, ()):
+        if not value or value in DEFAULT_VALUES.get(name, ()):  # unset, empty, 0 or false asks for nothing
             continue
         raise ResponsesError(name, f"{name} is not supported by this server ({why}); remove it",
                              "unsupported_parameter")

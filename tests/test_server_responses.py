@@ -127,6 +127,33 @@ def test_store_false_keeps_nothing(scripted_server):
         scripted_server.client().responses.retrieve(response.id)
 
 
+@pytest.fixture(scope="module")
+def z1_server(z1_model, tmp_path_factory):
+    server = test_server.start_server(z1_model, tmp_path_factory.mktemp("serve") / "z1.log")
+    yield server
+    test_server.stop_server(server)
+
+
+def test_z1_thinking_is_a_reasoning_item_and_is_not_carried_over(z1_server):
+    """GLM-Z1's prompt opens <think>: the answer starts inside reasoning, and its template drops past thinking."""
+    first = _created(z1_server, input="hi")
+    chat = z1_server.client().chat.completions.create(model=z1_server.model_name, temperature=0,
+                                                      messages=[{"role": "user", "content": "hi"}])
+    reasoning, message = first.output
+    assert reasoning.content[0].text == chat.choices[0].message.reasoning_content == "让我想想"
+    assert message.content[0].text == chat.choices[0].message.content and first.output_text
+    follow = _created(z1_server, input="and then?", previous_response_id=first.id)
+    again = z1_server.client().chat.completions.create(model=z1_server.model_name, temperature=0, messages=[
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": first.output_text},
+        {"role": "user", "content": "and then?"}])
+    assert follow.usage.input_tokens == again.usage.prompt_tokens
+    # Reasoning items sent back (as openai-agents does) are accepted and, as the template says, left out.
+    sent_back = _created(z1_server, input=[{"role": "user", "content": "hi"},
+                                           *[item.model_dump(exclude_none=True) for item in first.output],
+                                           {"role": "user", "content": "and then?"}])
+    assert sent_back.usage.input_tokens == follow.usage.input_tokens
+
+
 # --- tools ------------------------------------------------------------------------------------------------
 
 
@@ -186,6 +213,7 @@ def test_tool_choice_none_and_named(tool_server):
     ({"background": True}, "background"),
     ({"truncation": "auto"}, "truncation"),
     ({"top_logprobs": 2}, "top_logprobs"),
+    ({"conversation": "conv_1"}, "conversation"),
     ({"text": {"verbosity": "low"}}, "text.verbosity"),
     ({"max_output_tokens": 0}, "max_output_tokens"),
     ({"temperature": "hot"}, "temperature"),
@@ -207,7 +235,8 @@ def test_defaults_and_informational_fields_are_accepted(scripted_server):
     response = _created(scripted_server, input="hi", service_tier="auto", truncation="disabled", store=True,
                         user="u1", metadata={"k": "v"}, safety_identifier="s", prompt_cache_key="p",
                         parallel_tool_calls=True, max_tool_calls=3, reasoning={"effort": None},
-                        text={"format": {"type": "text"}, "verbosity": "medium"}, include=[], top_p=1.0)
+                        text={"format": {"type": "text"}, "verbosity": "medium"}, include=[], top_p=1.0,
+                        top_logprobs=0, background=False)
     assert response.output_text == REASONING_ANSWER and response.metadata == {"k": "v"}
 
 
@@ -224,6 +253,11 @@ def test_unknown_path_is_404_with_a_hint(scripted_server):
     error = response.json()["error"]
     assert response.status_code == 404 and error["type"] == "invalid_request_error" and error["code"] == "not_found"
     assert "/v1/responses" in error["message"] and "/v1/chat/completions" in error["message"]
+
+
+def test_api_key_guards_responses(loop_server):
+    assert httpx.post(f"{loop_server.base_url}/v1/responses", json={"input": "hi"}).status_code == 401
+    assert httpx.get(f"{loop_server.base_url}/v1/responses/resp_x").status_code == 401
 
 
 # --- a client that leaves -------------------------------------------------------------------------------
