@@ -19,7 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 HONOURED_FIELDS = ("input", "instructions", "model", "stream", "max_output_tokens", "temperature", "top_p",
                    "tools", "tool_choice", "parallel_tool_calls", "text", "previous_response_id", "store",
-                   "reasoning")
+                   "reasoning", "include")
+# `include` values honoured: the reasoning item's opaque copy for stateless clients (see server_responses).
+INCLUDABLE = ("reasoning.encrypted_content",)
 # Accepted and left alone: the caller's own records and hints. max_tool_calls bounds calls to built-in
 # tools, which this server has none of; stream_options only asks for obfuscation padding, which a
 # server on the caller's own machine does not need.
@@ -30,7 +32,6 @@ REFUSED_FIELDS = {
     "background_options": "background responses are not supported",
     "conversation": "conversations are not stored here; use previous_response_id",
     "prompt": "stored prompt templates are not supported; send input and instructions",
-    "include": "no extra output data (logprobs, encrypted reasoning, tool results) is available",
     "top_logprobs": "log-probabilities are not returned",
     "truncation": "the input is never truncated; shorten it yourself",
     "service_tier": "this server has one service tier",
@@ -171,6 +172,7 @@ class ResponsesBody(_Strict):
     previous_response_id: str | None = None
     store: bool | None = None
     reasoning: ReasoningConfig | None = None
+    include: list[str] | None = None
     user: str | None = None
     metadata: dict[str, str] | None = None
     safety_identifier: str | None = None
@@ -234,6 +236,12 @@ def _refuse_fields(raw: dict[str, Any]) -> None:
             raise ResponsesError(f"tools[{index}]", f"tools[{index}]: the built-in tool {kind!r} is not supported "
                                                     "by this server; only function tools are",
                                  "unsupported_parameter")
+    include = raw.get("include")
+    for value in include if isinstance(include, list) else []:
+        if value not in INCLUDABLE:
+            raise ResponsesError("include", f"include {value!r} is not supported by this server (no logprobs or "
+                                            f"built-in tool output); it can include {', '.join(INCLUDABLE)}",
+                                 "unsupported_value")
     reasoning = raw.get("reasoning")
     if isinstance(reasoning, dict) and any(v is not None for v in reasoning.values()):
         raise ResponsesError("reasoning", "reasoning is not supported by this server (GLM-4 models have no effort "

@@ -15,6 +15,7 @@ keeps nothing. A restart forgets them all.
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -228,6 +229,10 @@ class ResponseWriter:
         events = [self._event(name, **where, content_index=0, text=part["text"], **extra),
                   self._event("response.content_part.done", **where, content_index=0, part=dict(part))]
         item["status"] = status if item["type"] == "message" else "completed"
+        if item["type"] == "reasoning" and "reasoning.encrypted_content" in (self.parsed.body.include or ()):
+            # Opaque to the client, as OpenAI's is, but not encrypted: the thinking as base64. Sent back, it is
+            # accepted and left out of the prompt, as GLM-Z1's template leaves out every past turn's thinking.
+            item["encrypted_content"] = base64.b64encode(part["text"].encode()).decode()
         events.append(self._event("response.output_item.done", output_index=where["output_index"], item=dict(item)))
         self.open = None
         return events

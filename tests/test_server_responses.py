@@ -148,8 +148,10 @@ def test_z1_thinking_is_a_reasoning_item_and_is_not_carried_over(z1_server):
         {"role": "user", "content": "and then?"}])
     assert follow.usage.input_tokens == again.usage.prompt_tokens
     # Reasoning items sent back (as openai-agents does) are accepted and, as the template says, left out.
+    stateless = _created(z1_server, input="hi", store=False, include=["reasoning.encrypted_content"])
+    assert stateless.output[0].encrypted_content and stateless.output_text == first.output_text
     sent_back = _created(z1_server, input=[{"role": "user", "content": "hi"},
-                                           *[item.model_dump(exclude_none=True) for item in first.output],
+                                           *[item.model_dump(exclude_none=True) for item in stateless.output],
                                            {"role": "user", "content": "and then?"}])
     assert sent_back.usage.input_tokens == follow.usage.input_tokens
 
@@ -208,7 +210,7 @@ def test_tool_choice_none_and_named(tool_server):
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:,"}]}]}, "input[0].content[0]"),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]"),
     ({"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}, "input[0].call_id"),
-    ({"include": ["reasoning.encrypted_content"]}, "include"),
+    ({"include": ["message.output_text.logprobs"]}, "include"),
     ({"reasoning": {"effort": "low"}}, "reasoning"),
     ({"background": True}, "background"),
     ({"truncation": "auto"}, "truncation"),
