@@ -1,9 +1,10 @@
-"""Client conformance: the real `openai`, langchain-openai and litellm packages against `glm4-edge serve`.
+"""Client conformance: `openai`, langchain-openai, litellm and openai-agents against `glm4-edge serve`.
 
 The server runs the embedded tiny chat model (models/glm4-tiny-chat, converted to fp16) in both
 serving modes: one LLMPipeline (--max-concurrency 1) and continuous batching (--max-concurrency 2).
 Covered: tool_choice "required" among several tools, structured output that ends (no whitespace
-padding), legacy functions, refused fields by name, and disconnects counted wherever they happen.
+padding), legacy functions, refused fields by name, disconnects counted wherever they happen, and the
+Responses API (/v1/responses) as the SDK, LangChain (use_responses_api), litellm and openai-agents use it.
 """
 
 from __future__ import annotations
@@ -426,3 +427,26 @@ def test_litellm_responses(server):
                                  text={"format": {"type": "json_schema", "name": "r", "schema": RESULT_SCHEMA}})
     assert response.status == "completed" and response.usage.output_tokens < MAX_TOKENS // 2
     jsonschema.validate(json.loads(response.output[-1].content[0].text), RESULT_SCHEMA)
+
+
+def test_openai_agents_runs_a_tool(server):
+    """openai-agents' default model speaks the Responses API: one turn calls the tool, the agent runs it."""
+    from agents import Agent, ModelSettings, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
+
+    set_tracing_disabled(True)  # tracing would export to OpenAI
+    calls = []
+
+    @function_tool
+    def add(a: int, b: int) -> str:
+        """Add two integers."""
+        calls.append((a, b))
+        return f"the sum is {a + b}"
+
+    model = OpenAIResponsesModel(model="tiny", openai_client=openai.AsyncOpenAI(
+        base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0))
+    agent = Agent(name="adder", instructions="Add numbers with the add tool.", model=model, tools=[add],
+                  tool_use_behavior="stop_on_first_tool",
+                  model_settings=ModelSettings(tool_choice="required", temperature=0, max_tokens=MAX_TOKENS))
+    result = Runner.run_sync(agent, "What is 2 plus 3?")
+    (call,) = calls
+    assert result.final_output == f"the sum is {sum(call)}"
