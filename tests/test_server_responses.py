@@ -287,3 +287,23 @@ def test_disconnect_mid_stream_stops_generation(engine, request):
         assert time.monotonic() < deadline, "a non-streaming response kept generating after its client left"
         time.sleep(0.02)
     assert _created(server, input="hi", max_output_tokens=6).usage.output_tokens == 6
+
+
+def test_store_is_bounded_by_count_age_and_size():
+    from glm4_edge.server_responses import ResponseStore
+
+    turn = [{"role": "user", "content": "x" * 100}]
+    store = ResponseStore(max_responses=2)
+    for name in ("a", "b", "c"):
+        store.put({"id": name}, turn)
+    assert store.get("a") is None and store.get("b") and store.get("c")  # the oldest went first
+    sized = ResponseStore(max_chars=250)
+    sized.put({"id": "a"}, turn)
+    sized.put({"id": "b"}, turn)
+    sized.put({"id": "c"}, turn * 2)
+    assert [name for name in "abc" if sized.get(name)] == ["c"]
+    aged = ResponseStore(ttl_s=0.05)
+    aged.put({"id": "a"}, turn)
+    assert aged.get("a")
+    time.sleep(0.1)
+    assert aged.get("a") is None and aged.delete("a") is False
