@@ -297,7 +297,7 @@ def test_store_is_bounded_by_count_age_and_size():
     for name in ("a", "b", "c"):
         store.put({"id": name}, turn)
     assert store.get("a") is None and store.get("b") and store.get("c")  # the oldest went first
-    sized = ResponseStore(max_chars=250)
+    sized = ResponseStore(max_chars=300)  # one turn is 135 characters of JSON
     sized.put({"id": "a"}, turn)
     sized.put({"id": "b"}, turn)
     sized.put({"id": "c"}, turn * 2)
