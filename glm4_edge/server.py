@@ -918,6 +918,10 @@ class OpenAIServer:
             Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
         ]
+        from .server_responses import ResponsesApi  # it builds on this module
+
+        self.responses = ResponsesApi(self)
+        routes += self.responses.routes()
         middleware = [Middleware(_CountRequests, metrics=self.metrics)]
         if self.config.allow_origins:
             from starlette.middleware.cors import CORSMiddleware
@@ -939,7 +943,12 @@ class OpenAIServer:
         return self._error_response(error)
 
     async def _http_error(self, request, error):
-        return self._error_response(ApiError(error.status_code, str(error.detail), code=_status_code(error)))
+        message = str(error.detail)
+        if error.status_code == 404:  # an unknown path: say which ones there are
+            paths = [route.path.replace(":path}", "}") for route in self.app.routes if hasattr(route, "path")]
+            message = (f"{message}: this server has no {request.method} {request.url.path}; it has "
+                       f"{', '.join(dict.fromkeys(paths))}")
+        return self._error_response(ApiError(error.status_code, message, code=_status_code(error)))
 
     async def _server_error(self, request, error: Exception):
         return self._error_response(ApiError(500, "internal server error; see the server log",
@@ -1164,7 +1173,7 @@ class _CountRequests:
             self.metrics.request_done(label, status["code"])
 
 
-KNOWN_PATHS = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions")
+KNOWN_PATHS = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/responses")
 
 
 # --- OpenAI wire formats -----------------------------------------------------------------------------

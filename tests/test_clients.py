@@ -1,9 +1,10 @@
-"""Client conformance: the real `openai`, langchain-openai and litellm packages against `glm4-edge serve`.
+"""Client conformance: `openai`, langchain-openai, litellm and openai-agents against `glm4-edge serve`.
 
 The server runs the embedded tiny chat model (models/glm4-tiny-chat, converted to fp16) in both
 serving modes: one LLMPipeline (--max-concurrency 1) and continuous batching (--max-concurrency 2).
 Covered: tool_choice "required" among several tools, structured output that ends (no whitespace
-padding), legacy functions, refused fields by name, and disconnects counted wherever they happen.
+padding), legacy functions, refused fields by name, disconnects counted wherever they happen, and the
+Responses API (/v1/responses) as the SDK, LangChain (use_responses_api), litellm and openai-agents use it.
 """
 
 from __future__ import annotations
@@ -354,3 +355,98 @@ def test_compact_grammars_compile_and_hold(tiny_chat):
         jsonschema.validate(json.loads(arguments), _schema("add"))
     else:
         assert name == "when"
+
+
+# --- the Responses API (/v1/responses) --------------------------------------------------------------------
+
+
+def test_every_responses_sdk_field_is_honoured_or_refused():
+    from openai.types.responses import response_create_params as responses
+
+    from glm4_edge import responses_request
+
+    known = set(responses_request.HONOURED_FIELDS) | set(responses_request.INFORMATIONAL_FIELDS) | set(
+        responses_request.REFUSED_FIELDS)
+    fields: set[str] = set()
+    for cls in (responses.ResponseCreateParamsStreaming, responses.ResponseCreateParamsNonStreaming):
+        for base in cls.__mro__:
+            fields |= set(getattr(base, "__annotations__", {}))
+    assert "input" in fields and "max_output_tokens" in fields  # the SDK still types its parameters here
+    assert fields - known == set(), "new OpenAI SDK fields: honour or refuse them in responses_request"
+    # And the request model takes every honoured or informational one.
+    from glm4_edge.responses_request import ResponsesBody
+
+    accepted = set(ResponsesBody.model_fields)
+    assert set(responses_request.HONOURED_FIELDS) | set(responses_request.INFORMATIONAL_FIELDS) <= accepted
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_responses_json_schema_format(server, stream):
+    fmt = {"type": "json_schema", "name": "result", "schema": RESULT_SCHEMA, "strict": True}
+    options = dict(model="tiny", input="What is 2 plus 3?", temperature=0, max_output_tokens=MAX_TOKENS,
+                   text={"format": fmt})
+    client = server.client()
+    if stream:
+        events = list(client.responses.create(**options, stream=True))
+        assert events[-1].type == "response.completed"
+        text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        response = events[-1].response
+    else:
+        response = client.responses.create(**options)
+        text = response.output_text
+    assert response.status == "completed" and response.text.format.type == "json_schema"
+    jsonschema.validate(json.loads(text), RESULT_SCHEMA)
+    assert text == response.output_text and not _padded(text)
+
+
+def test_responses_required_tool_call(server):
+    tools = [{"type": "function", "strict": True, **tool["function"]} for tool in TOOLS]
+    response = server.client().responses.create(model="tiny", input="What is 2 plus 3?", tools=tools,
+                                                tool_choice="required", temperature=0, max_output_tokens=MAX_TOKENS)
+    (call,) = [item for item in response.output if item.type == "function_call"]
+    _check_call(call.name, call.arguments)
+
+
+def test_langchain_responses_api(server):
+    from langchain_openai import ChatOpenAI
+
+    chat = ChatOpenAI(base_url=f"{server.base_url}/v1", api_key="unused", model="tiny", temperature=0,
+                      max_tokens=MAX_TOKENS, max_retries=0, use_responses_api=True)
+    message = chat.bind_tools(TOOLS, tool_choice="any").invoke("What is 2 plus 3?")
+    (call,) = message.tool_calls
+    _check_call(call["name"], json.dumps(call["args"]))
+    chunks = list(chat.stream("Say hi", max_tokens=8))
+    assert sum(c.usage_metadata["output_tokens"] for c in chunks if c.usage_metadata) == 8
+
+
+def test_litellm_responses(server):
+    import litellm
+
+    response = litellm.responses(model="openai/tiny", api_base=f"{server.base_url}/v1", api_key="unused",
+                                 input="What is 2 plus 3?", temperature=0, max_output_tokens=MAX_TOKENS,
+                                 text={"format": {"type": "json_schema", "name": "r", "schema": RESULT_SCHEMA}})
+    assert response.status == "completed" and response.usage.output_tokens < MAX_TOKENS // 2
+    jsonschema.validate(json.loads(response.output[-1].content[0].text), RESULT_SCHEMA)
+
+
+def test_openai_agents_runs_a_tool(server):
+    """openai-agents' default model speaks the Responses API: one turn calls the tool, the agent runs it."""
+    from agents import Agent, ModelSettings, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
+
+    set_tracing_disabled(True)  # tracing would export to OpenAI
+    calls = []
+
+    @function_tool
+    def add(a: int, b: int) -> str:
+        """Add two integers."""
+        calls.append((a, b))
+        return f"the sum is {a + b}"
+
+    model = OpenAIResponsesModel(model="tiny", openai_client=openai.AsyncOpenAI(
+        base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0))
+    agent = Agent(name="adder", instructions="Add numbers with the add tool.", model=model, tools=[add],
+                  tool_use_behavior="stop_on_first_tool",
+                  model_settings=ModelSettings(tool_choice="required", temperature=0, max_tokens=MAX_TOKENS))
+    result = Runner.run_sync(agent, "What is 2 plus 3?")
+    (call,) = calls
+    assert result.final_output == f"the sum is {sum(call)}"
