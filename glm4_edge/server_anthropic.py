@@ -154,7 +154,7 @@ class MessagesRequest(_Strict):
     model: str
     messages: list[Message]
     max_tokens: int | None = None  # required by /v1/messages, absent from count_tokens (checked there)
-    system: str | list[TextBlock] | None = None
+    system: str | list[dict[str, Any]] | None = None  # text blocks, checked by `_text`
     stop_sequences: list[str] | None = None
     stream: bool | None = None
     temperature: float | None = None
@@ -183,13 +183,16 @@ def _where(loc: tuple) -> str:
 def _validation_error(error: ValidationError, prefix: str = ""):
     """The first problem pydantic found, as a 400 naming its field (`messages.0.content.1.text`)."""
     first = error.errors(include_url=False)[0]
-    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and ("[" in p or p in ("str", "list"))))
+    union = [p for p in first["loc"] if isinstance(p, str) and ("[" in p or p in ("str", "list"))]
+    loc = tuple(p for p in first["loc"] if p not in union)  # pydantic names the union member it tried
     field = ".".join(filter(None, [prefix, _where(loc)])) or "body"
     kind = first["type"]
     if kind == "extra_forbidden":
         return bad_field(field, f"{field} is not a field this server knows; remove it")
     if kind == "missing":
         return bad_field(field, f"{field}: field required")
+    if union and kind in ("string_type", "list_type"):
+        return bad_field(field, f"{field}: must be a string or a list of content blocks")
     return bad_field(field, f"{field}: {first['msg'].removeprefix('Value error, ')}")
 
 
@@ -235,6 +238,7 @@ def _text(content: str | list[TextBlock] | list[dict[str, Any]], where: str) -> 
 
 
 def _blocks(message: Message, where: str) -> list[_Strict]:
+    """The message's content blocks, checked; a string is one text block."""
     if isinstance(message.content, str):
         return [TextBlock(type="text", text=message.content)]
     blocks = []
@@ -264,7 +268,7 @@ def openai_messages(request: MessagesRequest) -> list[dict[str, Any]]:
             continue
         text: list[str] = []
         calls: list[dict[str, Any]] = []
-        for block in _blocks(message, where):
+        for number, block in enumerate(_blocks(message, where)):
             if isinstance(block, TextBlock):
                 text.append(block.text)
             elif isinstance(block, ToolUseBlock):
@@ -274,7 +278,7 @@ def openai_messages(request: MessagesRequest) -> list[dict[str, Any]]:
                 if text:  # text before a result stays before it
                     out.append({"role": "user", "content": "".join(text)})
                     text = []
-                result = _text(block.content or "", f"{where}.content.tool_result.content")
+                result = _text(block.content or "", f"{where}.content.{number}.content")
                 out.append({"role": "tool", "tool_call_id": block.tool_use_id,
                             "content": f"Error: {result}" if block.is_error else result})
         if message.role == "assistant":
@@ -319,10 +323,12 @@ def _tools(tools: list[Tool]) -> list[dict[str, Any]]:
     return out
 
 
-def _tool_choice(choice: ToolChoice | None) -> tuple[Any, bool]:
+def _tool_choice(choice: ToolChoice | None, tools: list[Tool] | None) -> tuple[Any, bool]:
     """-> (OpenAI's tool_choice, parallel_tool_calls)."""
     if choice is None:
         return None, True
+    if choice.type in ("any", "tool") and not tools:
+        raise bad_field("tool_choice", f"tool_choice: type {choice.type!r} needs at least one tool in tools")
     if choice.type == "tool":
         if choice.name is None:
             raise bad_field("tool_choice.name", "tool_choice.name: required when type is \"tool\"")
@@ -365,7 +371,7 @@ def parse_messages(body: dict[str, Any], *, counting: bool = False) -> Anthropic
         if budget is None or budget < 1:
             raise bad_field("thinking.budget_tokens", "thinking.budget_tokens: a positive integer is required "
                                                       "when thinking is enabled")
-    choice, parallel = _tool_choice(request.tool_choice)
+    choice, parallel = _tool_choice(request.tool_choice, request.tools)
     chat_body: dict[str, Any] = {
         "model": request.model, "messages": openai_messages(request), "stream": bool(request.stream),
         "tools": _tools(request.tools or []), "tool_choice": choice, "parallel_tool_calls": parallel,
@@ -377,8 +383,12 @@ def parse_messages(body: dict[str, Any], *, counting: bool = False) -> Anthropic
     try:
         chat = parse_chat(chat_body)
     except ApiError as error:
-        field = _FIELD.get(error.param or "", error.param or "body")
-        raise bad_field(field, error.message) from None
+        openai_name = error.param or ""
+        field = _FIELD.get(openai_name, openai_name or "body")
+        message = error.message
+        if field != openai_name and message.startswith(openai_name):  # the client's name for it
+            message = field + message[len(openai_name):]
+        raise bad_field(field, message) from None
     thinking = request.thinking
     show = thinking is not None and thinking.type != "disabled"
     return AnthropicRequest(chat, show_thinking=show, omit_thinking=show and thinking.display == "omitted")
