@@ -69,13 +69,13 @@ def _sdk_fields(module, *names: str) -> set[str]:
 def test_every_sdk_field_is_honoured_or_refused():
     from anthropic.types import message_count_tokens_params, message_create_params
 
-    from glm4_edge import server_anthropic as api
+    from glm4_edge import anthropic_request as api
 
     known = set(api.HONOURED_FIELDS) | set(api.INFORMATIONAL_FIELDS) | set(api.REFUSED_FIELDS)
     create = _sdk_fields(message_create_params, "MessageCreateParamsStreaming", "MessageCreateParamsNonStreaming")
     count = _sdk_fields(message_count_tokens_params, "MessageCountTokensParams")
     assert {"model", "messages", "max_tokens", "stream"} <= create  # the SDK still types its parameters here
-    assert (create | count) - known == set(), "new Anthropic SDK fields: honour or refuse them in server_anthropic"
+    assert (create | count) - known == set(), "new Anthropic SDK fields: honour or refuse them in anthropic_request"
     # ... and each is a field of the request model (anything else is refused as unknown).
     assert known <= set(api.MessagesRequest.model_fields)
 
@@ -234,7 +234,7 @@ def test_tool_choice_none_tool_and_any(tools):
     ({"stop_sequences": [""] * 20}, "stop_sequences"),
     ({"extra_body": {"temperature": 7}}, "temperature"),
     ({"tool_choice": {"type": "tool", "name": "nope"}, "tools": [WEATHER]}, "tool_choice"),
-    ({"tools": [{"type": "bash_20250124", "name": "bash"}]}, "tools.0"),
+    ({"tools": [{"type": "bash_20250124", "name": "bash"}]}, "tools.0: server tool 'bash_20250124'"),
     ({"tools": [{**WEATHER, "strict": True}]}, "tools.0.strict"),
     ({"messages": [*HI, {"role": "assistant", "content": "The answer is"}]}, "messages"),
     ({"max_tokens": 5000}, "max_tokens"),
@@ -252,7 +252,7 @@ def test_bad_requests_name_the_field(scripted, options, field):
 def test_error_statuses_in_anthropic_shape(scripted):
     client = _client(scripted)
     with pytest.raises(anthropic.NotFoundError) as caught:
-        client.messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=HI)
+        client.messages.create(model="another-model", max_tokens=10, messages=HI)
     assert caught.value.body["error"]["type"] == "not_found_error"
     with pytest.raises(anthropic.AuthenticationError) as caught:
         _client(scripted, api_key="wrong").messages.create(model="glm-test", max_tokens=10, messages=HI)
