@@ -242,6 +242,8 @@ def _blocks(message: Message, where: str) -> list[_Strict]:
     for index, block in enumerate(message.content):
         at = f"{where}.content.{index}"
         kind = block.get("type")
+        if kind is None:
+            raise bad_field(f"{at}.type", f"{at}.type: field required")
         if kind not in BLOCKS:
             raise bad_field(at, f"{at}: {kind!r} blocks are not supported; {TEXT_ONLY} (text, tool_use, "
                                 "tool_result and thinking blocks)")
@@ -272,18 +274,18 @@ def openai_messages(request: MessagesRequest) -> list[dict[str, Any]]:
                     "name": block.name, "arguments": _json(block.input)}})
             elif isinstance(block, ToolResultBlock):
                 if text:  # text before a result stays before it
-                    out.append({"role": "user", "content": "".join(text)})
+                    out.append({"role": "user", "content": "\n".join(text)})
                     text = []
                 result = _text(block.content or "", f"{where}.content.{number}.content")
                 out.append({"role": "tool", "tool_call_id": block.tool_use_id,
                             "content": f"Error: {result}" if block.is_error else result})
         if message.role == "assistant":
             if text or not calls:
-                out.append({"role": "assistant", "content": "".join(text)})
+                out.append({"role": "assistant", "content": "\n".join(text)})
             if calls:
                 out.append({"role": "assistant", "content": "", "tool_calls": calls})
         elif text or isinstance(message.content, str) or not message.content:
-            out.append({"role": "user", "content": "".join(text)})
+            out.append({"role": "user", "content": "\n".join(text)})
     if request.messages and request.messages[-1].role == "assistant":
         raise bad_field("messages", f"messages.{len(request.messages) - 1}: a final assistant message (prefill) "
                                     "is not supported; end with a user message")

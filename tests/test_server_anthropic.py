@@ -80,6 +80,33 @@ def test_every_sdk_field_is_honoured_or_refused():
     assert known <= set(api.MessagesRequest.model_fields)
 
 
+def test_turns_map_onto_glm_turns():
+    """Anthropic content blocks -> the server's chat turns (no model needed): results become observations."""
+    from glm4_edge.anthropic_request import parse_messages
+
+    body = {"model": "m", "max_tokens": 5, "system": [{"type": "text", "text": "S1"}, {"type": "text", "text": "S2"}],
+            "tools": [WEATHER], "tool_choice": {"type": "auto", "disable_parallel_tool_use": True},
+            "stop_sequences": ["END"], "thinking": {"type": "adaptive"},
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "hmm", "signature": "x"}, {"type": "text", "text": "Let me look."},
+                    {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Oslo"}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny"},
+                    {"type": "tool_result", "tool_use_id": "toolu_2", "content": "timeout", "is_error": True},
+                    {"type": "text", "text": "and tomorrow?"}]}]}
+    parsed = parse_messages(body)
+    assert parsed.show_thinking and not parsed.omit_thinking and not parsed.chat.parallel_tool_calls
+    assert parsed.chat.sampling.stop == ["END"] and parsed.chat.sampling.max_tokens == 5
+    assert [t["name"] for t in parsed.chat.tools] == ["get_weather"]
+    assert [(m["role"], m["content"]) for m in parsed.chat.messages] == [
+        ("system", "S1\nS2"), ("user", "weather?"), ("assistant", "Let me look."), ("assistant", ""),
+        ("tool", "sunny"), ("tool", "Error: timeout"), ("user", "and tomorrow?")]
+    assert parsed.chat.messages[3]["tool_calls"][0]["function"] == {"name": "get_weather",
+                                                                    "arguments": '{"city": "Oslo"}'}
+
+
 # --- text, thinking, stop reasons --------------------------------------------------------------------------
 
 
