@@ -158,6 +158,10 @@ def test_stop_sequences_and_max_tokens(scripted):
                                      stop_sequences=["nothing", "STOP"])
     assert stopped.stop_reason == "stop_sequence" and stopped.stop_sequence == "STOP"
     assert stopped.content[0].text == REASONING_ANSWER.split(" STOP")[0] + " "
+    with client.messages.stream(model="glm-test", max_tokens=100, messages=HI, stop_sequences=["STOP"],
+                                **GREEDY) as stream:
+        streamed = stream.get_final_message()
+    assert streamed.stop_reason == "stop_sequence" and streamed.stop_sequence == "STOP"
     short = client.messages.create(model="glm-test", max_tokens=3, messages=HI, **GREEDY)
     assert short.stop_reason == "max_tokens" and short.usage.output_tokens == 3
 
@@ -333,6 +337,24 @@ def test_overloaded_while_loading(scripted_model):
         assert caught.value.response.headers["retry-after"] == "5"
         assert caught.value.body["error"]["type"] == "overloaded_error"
         release.set()
+
+
+def test_browser_preflight_allows_anthropic_headers(scripted_model):
+    from starlette.testclient import TestClient
+
+    from glm4_edge.server import OpenAIServer, ServerConfig
+
+    def never_loads():
+        raise RuntimeError("not needed")
+
+    server = OpenAIServer(ServerConfig(load=never_loads, model_name="m", api_key="k",
+                                       allow_origins=("http://localhost:3000",)))
+    with TestClient(server.app) as http:
+        answer = http.options("/v1/messages", headers={
+            "Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "x-api-key, anthropic-version, content-type"})
+    assert answer.status_code == 200, answer.text
+    assert "x-api-key" in answer.headers["access-control-allow-headers"].lower()
 
 
 # --- cancellation ------------------------------------------------------------------------------------------
