@@ -953,10 +953,10 @@ class OpenAIServer:
         if self._api_key is None:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if "x-api-key" in request.headers:  # Anthropic clients send the key this way
-            scheme, token = "bearer", request.headers["x-api-key"]
+        offered = [token] if scheme.lower() == "bearer" else []
+        offered += request.headers.getlist("x-api-key")  # how Anthropic clients send the key
         # compare_digest on bytes: no early exit that would leak how much of the key matched.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._api_key):
+        if not any([hmac.compare_digest(key.strip().encode(), self._api_key) for key in offered]):
             raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
                            code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
