@@ -318,7 +318,7 @@ class BatchedModel(Model):
                                ended=done.ended, last_token=done.last_token, stop_token_ids=self.stop_token_ids,
                                generated=stats.generated_tokens, max_new_tokens=options.max_new_tokens)
         yield Chunk(text=tail.text, reasoning=tail.reasoning, finish_reason=reason,
-                    tool_calls=[c.as_dict() for c in calls] or None, stats=stats)
+                    tool_calls=[c.as_dict() for c in calls] or None, stats=stats, stop_sequence=matcher.matched)
 
     def close(self) -> None:
         self.engine.close()

@@ -293,6 +293,7 @@ class StopMatcher:
         self.stops = [s for s in (stop or []) if s]
         self.pending = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string that stopped the text
 
     def feed(self, text: str) -> str:
         if self.stopped:
@@ -302,7 +303,7 @@ class StopMatcher:
         self.pending += text
         hits = [(self.pending.find(s), s) for s in self.stops if s in self.pending]
         if hits:
-            position = min(hits)[0]
+            position, self.matched = min(hits)
             out, self.pending, self.stopped = self.pending[:position], "", True
             return out
         hold = prefix_hold_length(self.pending, self.stops)

@@ -94,6 +94,7 @@ class Chunk:
     tool_calls: list[dict[str, str]] | None = None
     stats: GenerationStats | None = None
     progress: prefill.PrefillProgress | None = None  # set only on prefill-progress chunks of long prompts
+    stop_sequence: str | None = None  # on the last chunk: the stop string that ended the answer, if one did
 
 
 @dataclass
@@ -284,7 +285,8 @@ class Model:
                 stats.ttft_s += prefill_s
                 stats.prefill_tokens_per_s = prompt_tokens / stats.ttft_s
             yield Chunk(text=tail.text + rest.text, reasoning=tail.reasoning + rest.reasoning,
-                        finish_reason=reason, tool_calls=[c.as_dict() for c in calls] or None, stats=stats)
+                        finish_reason=reason, tool_calls=[c.as_dict() for c in calls] or None, stats=stats,
+                        stop_sequence=matcher.matched)
 
     def generate(self, messages: str | Sequence[dict], **options: Any) -> Reply:
         """The whole answer at once: exactly the joined text of `stream`."""
@@ -431,7 +433,8 @@ def forced_tool_stream(raw: Iterator[Chunk], name: str) -> Iterator[Chunk]:
                 if calls and chunk.finish_reason != "cancelled":
                     yield Chunk(finish_reason="tool_calls", tool_calls=calls, stats=chunk.stats)
                 else:  # cut off by max_new_tokens, a stop string or a cancel: show what there is
-                    yield Chunk(text=arguments, finish_reason=chunk.finish_reason, stats=chunk.stats)
+                    yield Chunk(text=arguments, finish_reason=chunk.finish_reason, stats=chunk.stats,
+                                stop_sequence=chunk.stop_sequence)
     finally:
         raw.close()  # type: ignore[attr-defined]
 

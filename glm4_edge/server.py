@@ -26,7 +26,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import glm_format, server_tools, tool_choice
+from . import glm_format, server_anthropic, server_tools, tool_choice
 from .batching import BatchedModel
 from .errors import BadParameterError, ContextOverflowError, Glm4EdgeError
 from .fallback import StaticShapeError
@@ -917,6 +917,7 @@ class OpenAIServer:
             Route("/v1/models/{name:path}", self.get_model, methods=["GET"]),
             Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
+            *server_anthropic.AnthropicEndpoints(self).routes(),
         ]
         from .server_responses import ResponsesApi  # it builds on this module
 
@@ -928,19 +929,21 @@ class OpenAIServer:
 
             middleware.insert(0, Middleware(CORSMiddleware, allow_origins=list(self.config.allow_origins),
                                             allow_methods=["GET", "POST"],
-                                            allow_headers=["Authorization", "Content-Type"]))
+                                            allow_headers=["Authorization", "Content-Type", *ANTHROPIC_HEADERS]))
         handlers = {ApiError: self._api_error, HTTPException: self._http_error, Exception: self._server_error}
         return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers,
                          lifespan=self._lifespan)
 
     @staticmethod
-    def _error_response(error: ApiError):
+    def _error_response(error: ApiError, request):
         from starlette.responses import JSONResponse
 
+        if server_anthropic.is_anthropic_path(request.url.path):  # Anthropic clients parse their own shape
+            return server_anthropic.error_response(error)
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
     async def _api_error(self, request, error: ApiError):
-        return self._error_response(error)
+        return self._error_response(error, request)
 
     async def _http_error(self, request, error):
         message = str(error.detail)
@@ -948,19 +951,21 @@ class OpenAIServer:
             paths = [route.path.replace(":path}", "}") for route in self.app.routes if hasattr(route, "path")]
             message = (f"{message}: this server has no {request.method} {request.url.path}; it has "
                        f"{', '.join(dict.fromkeys(paths))}")
-        return self._error_response(ApiError(error.status_code, message, code=_status_code(error)))
+        return self._error_response(ApiError(error.status_code, message, code=_status_code(error)), request)
 
     async def _server_error(self, request, error: Exception):
         return self._error_response(ApiError(500, "internal server error; see the server log",
-                                             kind="server_error"))
+                                             kind="server_error"), request)
 
     def _authorize(self, request) -> None:
         if self._api_key is None:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        offered = [token] if scheme.lower() == "bearer" else []
+        offered += request.headers.getlist("x-api-key")  # how Anthropic clients send the key
         # compare_digest on bytes: no early exit that would leak how much of the key matched.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._api_key):
-            raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+        if not any([hmac.compare_digest(key.strip().encode(), self._api_key) for key in offered]):
+            raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
                            code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
     def _ready_model(self) -> Model:
@@ -1173,7 +1178,9 @@ class _CountRequests:
             self.metrics.request_done(label, status["code"])
 
 
-KNOWN_PATHS = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/responses")
+KNOWN_PATHS = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/responses",
+               *server_anthropic.PATHS)
+ANTHROPIC_HEADERS = ("X-Api-Key", "Anthropic-Version", "Anthropic-Beta")
 
 
 # --- OpenAI wire formats -----------------------------------------------------------------------------

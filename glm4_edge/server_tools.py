@@ -146,5 +146,6 @@ def tool_call_stream(raw: Iterator[Chunk], names: list[str], prefix: str = "") -
                 yield Chunk(finish_reason="tool_calls", tool_calls=[c.as_dict() for c in calls[:1]],
                             stats=chunk.stats)
             else:
-                yield Chunk(text=written, finish_reason=chunk.finish_reason, stats=chunk.stats)
+                yield Chunk(text=written, finish_reason=chunk.finish_reason, stats=chunk.stats,
+                            stop_sequence=chunk.stop_sequence)
 

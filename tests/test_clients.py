@@ -236,6 +236,34 @@ def test_legacy_and_new_tools_together_are_refused(server):
     assert caught.value.body["param"] == "functions"
 
 
+# --- item 5: the Anthropic Messages API, as coding agents speak it ------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_anthropic_sdk_any_tool_and_structured_output(server, stream):
+    """The official `anthropic` SDK: tool_choice any among several tools, then output_config.format."""
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=server.base_url, api_key="unused", max_retries=0, timeout=60)
+    tools = [{"name": t["function"]["name"], "description": t["function"]["description"],
+              "input_schema": t["function"]["parameters"]} for t in TOOLS]
+    common = dict(model="tiny", max_tokens=MAX_TOKENS, messages=ADD, extra_body={"temperature": 0})
+
+    def ask(**options):
+        if not stream:
+            return client.messages.create(**common, **options)
+        with client.messages.stream(**common, **options) as events:
+            return events.get_final_message()
+
+    reply = ask(tools=tools, tool_choice={"type": "any"})
+    assert reply.stop_reason == "tool_use", reply
+    (call,) = reply.content
+    _check_call(call.name, json.dumps(call.input))
+    fmt = ask(output_config={"format": {"type": "json_schema", "schema": RESULT_SCHEMA}})
+    assert fmt.stop_reason == "end_turn" and fmt.usage.output_tokens < MAX_TOKENS // 2
+    jsonschema.validate(json.loads(fmt.content[0].text), RESULT_SCHEMA)
+
+
 # --- item 7: a client that leaves never keeps a slot -------------------------------------------------------
 
 
