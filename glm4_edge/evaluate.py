@@ -144,7 +144,7 @@ def open_engine(path: Path, device: str = "CPU", properties: dict[str, Any] | No
 # --- cases ----------------------------------------------------------------------------------------
 
 def builtin_cases(per_task: int, seed: int | None = None) -> list[Case]:
-    """Held-out cases of the tiny model's curriculum, drawn from a seed its training never used."""
+    """Held-out cases of the tiny model's curriculum: a seed its training never used, names it never saw."""
     from . import tiny_tasks
 
     seed = tiny_tasks.HELD_OUT_SEED if seed is None else seed

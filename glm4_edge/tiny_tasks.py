@@ -13,14 +13,21 @@ and a count `n` and returns the same cases for the same arguments on every machi
 A case is `{"task", "messages", "answer", "expected"}`: `messages` is the conversation so far
 and ends with the user turn to answer, `answer` is the reference reply and `expected` the part
 of it that `check(case, reply)` looks for. Training used the seeds `TRAIN_SEEDS`; held-out
-evaluation uses `HELD_OUT_SEED`, which training never saw. Names are random syllable strings,
-so a held-out recall case almost always asks for a name the model has never seen.
+evaluation uses `HELD_OUT_SEED`, which training never saw.
+
+Names are Latin names spelt from the whole alphabet (`Lumeri`, `Wyqen`, `Xq`) or Chinese names of 2-3
+characters (`李雷`, `王芳`), each in a prompt of either language. One name in ten
+(`is_held_out_name`) is kept out of training: cases from a training seed never use one, cases
+from any other seed (`HELD_OUT_SEED`) use only those, so held-out recall asks for names that
+training never showed.
 """
 
 from __future__ import annotations
 
 import random
 import re
+import string
+import zlib
 
 TRAIN_SEEDS = range(0, 10_000)  # train.py draws training batch k from seed k
 HELD_OUT_SEED = 12345
@@ -38,8 +45,21 @@ NAME_ANSWER = {"en": "Your name is {name}.", "zh": "你叫{name}。"}
 ADDITION_QUESTION = {"en": "What is {a}+{b}?", "zh": "{a}加{b}等于多少？"}
 ADDITION_ANSWER = {"en": "{a}+{b}={s}.", "zh": "{a}加{b}等于{s}。"}
 
-_ONSETS = "bdfgklmnprstvz"
-_VOWELS = "aeiou"
+# Latin names: mostly consonant-vowel syllables (pronounceable, few tokens: train.py's tokenizer
+# learns every such pair), some short strings of any letters, so that every letter of the
+# alphabet appears in names, capitalised first and lower case after it.
+_CONSONANTS = "bcdfghjklmnpqrstvwxz"
+_VOWELS = "aeiouy"
+_LATIN_SHARE = 0.75  # the rest are Chinese names
+_ANY_LETTERS_SHARE = 0.3  # Latin names of 2-4 letters drawn from the whole alphabet
+_CLOSED_SHARE = 0.25  # syllable names closed by a consonant: Tesan
+# Chinese names: a common surname and one or two given-name characters. The surnames are the 30
+# most common without 高 and 于 (the task phrases use them) and 吴 and 韩; 吴 韩 and the given-name
+# characters 浩 秀 玉 辉 春 健 are left out because the tokenizer's phrase merges cut them into byte
+# pieces next to other name characters. The rest are one token each (train.py checks it).
+SURNAMES = "李王张刘陈杨赵黄周徐孙胡朱林何郭马罗梁宋郑谢唐冯董程曹袁"
+GIVEN_NAME_CHARACTERS = "雷芳伟娜敏静丽强磊军洋勇艳杰娟涛明超霞平刚桂英华兰萍红建文力晶燕鹏斌宇凯俊帆鑫波宁欣婷雪琳"
+HELD_OUT_NAME_SHARE = 10  # one name in this many is held out of training
 _SYSTEM_PROBABILITY = 0.2
 
 
@@ -47,12 +67,42 @@ def _rng(task: str, seed: int) -> random.Random:
     return random.Random(f"glm4-tiny-chat/{task}/{seed}")  # str seeds are stable across runs
 
 
-def random_name(rng: random.Random) -> str:
-    """Two or three consonant-vowel syllables, sometimes closed by an n: Kavo, Lumeri, Tesan."""
-    syllables = [rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(rng.choice((2, 3)))]
-    if rng.random() < 0.25:
-        syllables[-1] += "n"
-    return "".join(syllables).capitalize()
+def is_held_out_name(name: str) -> bool:
+    """Whether `name` is kept for evaluation: CRC-32 of its UTF-8 bytes divisible by HELD_OUT_NAME_SHARE."""
+    return zlib.crc32(name.encode()) % HELD_OUT_NAME_SHARE == 0
+
+
+def latin_name(rng: random.Random) -> str:
+    """A capitalised Latin name: 2-3 consonant-vowel syllables, sometimes closed by a consonant
+    (`Kavo`, `Lumeri`, `Wyqen`), or 2-4 letters from the whole alphabet (`Xq`, `Jtzo`)."""
+    if rng.random() < _ANY_LETTERS_SHARE:
+        name = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 4)))
+    else:
+        name = "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(rng.choice((2, 3))))
+        if rng.random() < _CLOSED_SHARE:
+            name += rng.choice(_CONSONANTS)
+    return name.capitalize()
+
+
+def syllables() -> list[str]:
+    """Every consonant-vowel pair a Latin name is built of, lower case and capitalised (ba, Ba, ...)."""
+    pairs = [c + v for c in _CONSONANTS for v in _VOWELS]
+    return pairs + [pair.capitalize() for pair in pairs]
+
+
+def chinese_name(rng: random.Random) -> str:
+    """A surname and one or two given-name characters: 李雷, 王芳, 陈静英."""
+    return rng.choice(SURNAMES) + "".join(rng.choice(GIVEN_NAME_CHARACTERS) for _ in range(rng.choice((1, 2))))
+
+
+def random_name(rng: random.Random, held_out: bool = False) -> tuple[str, str]:
+    """A (name, kind) pair, kind "latin" or "chinese"; held out of training or not (`is_held_out_name`)."""
+    kind = "latin" if rng.random() < _LATIN_SHARE else "chinese"
+    make = latin_name if kind == "latin" else chinese_name
+    while True:
+        name = make(rng)
+        if is_held_out_name(name) == held_out:
+            return name, kind
 
 
 def _addition_turn(rng: random.Random, lang: str) -> tuple[str, str, str]:
@@ -97,12 +147,16 @@ def greeting_cases(seed: int, n: int) -> list[dict]:
 
 
 def recall_cases(seed: int, n: int) -> list[dict]:
-    """Name stated in an early turn, 0-2 other turns (either language), then asked for."""
+    """Name stated in an early turn, 0-2 other turns (either language), then asked for.
+
+    A case also has "name_kind" ("latin" or "chinese"). Seeds in TRAIN_SEEDS draw names that are
+    not held out, any other seed only held-out names.
+    """
     rng = _rng("recall", seed)
     cases = []
     for _ in range(n):
         lang = rng.choice(("en", "zh"))
-        name = random_name(rng)
+        name, kind = random_name(rng, held_out=seed not in TRAIN_SEEDS)
         messages = _start(rng, lang)
         messages += [{"role": "user", "content": NAME_STATEMENT[lang].format(name=name)},
                      {"role": "assistant", "content": NAME_ACK[lang].format(name=name)}]
@@ -111,7 +165,7 @@ def recall_cases(seed: int, n: int) -> list[dict]:
             question, answer, _ = turn(rng, rng.choice(("en", "zh")))
             messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         turn = (NAME_QUESTION[lang], NAME_ANSWER[lang].format(name=name), name)
-        cases.append(_case("recall", messages, turn))
+        cases.append({**_case("recall", messages, turn), "name_kind": kind})
     return cases
 
 
@@ -128,7 +182,8 @@ def check(case: dict, reply: str) -> bool:
 
 
 def corpus_lines() -> list[str]:
-    """The fixed phrases of every task, without names or numbers, for the tokenizer's BPE."""
+    """The fixed phrases of every task, without names or numbers, and each Chinese name character
+    on a line of its own (one token each, never merged with its neighbours), for the tokenizer's BPE."""
     lines = [*SYSTEM_PROMPTS.values()]
     for questions, answer, _ in GREETINGS.values():
         lines += [*questions, answer]
@@ -136,4 +191,4 @@ def corpus_lines() -> list[str]:
         lines += [text.replace("{name}", "") for text in table.values()]
     for table in (ADDITION_QUESTION, ADDITION_ANSWER):
         lines += [re.sub(r"\{\w\}", "", text) for text in table.values()]
-    return lines
+    return lines + list(SURNAMES + GIVEN_NAME_CHARACTERS)

@@ -1,10 +1,11 @@
 """Train the tiny GLM-4 chat model in this folder from scratch on the synthetic tasks of glm4_edge/tiny_tasks.py.
 
-    .venv/bin/python models/glm4-tiny-chat/train.py [--out DIR] [--steps N] [--minutes M]
+    .venv/bin/python models/glm4-tiny-chat/train.py [--out DIR] [--steps N] [--minutes M] [--threads T]
 
-Seeded and deterministic on one machine (2 CPU threads): the tokenizer is a byte-level BPE from
-`glm4_edge.convert.synthetic.build_tokenizer` trained on the task phrases, with the merges
-between digits removed so that numbers are spelled digit by digit; training batch k is drawn
+Seeded and deterministic on one machine (one CPU thread unless --threads): the tokenizer is a
+byte-level BPE from `glm4_edge.convert.synthetic.build_tokenizer` trained on the task phrases, the
+Chinese name characters and the Latin names' consonant-vowel pairs, with the merges between digits
+removed so that numbers are spelled digit by digit; training batch k is drawn
 from `tasks.*_cases(seed=k, ...)`, and the held-out check uses `tasks.HELD_OUT_SEED`, which no
 training batch uses. Loss is taken only on the assistant replies (`\\n{answer}<|user|>`).
 """
@@ -16,6 +17,7 @@ import json
 import math
 import os
 import random
+import resource
 import sys
 import time
 from pathlib import Path
@@ -43,11 +45,17 @@ IGNORE = -100
 # Architecture: GLM-4 layout, GQA with 2 KV heads, INT4 group 128 fits hidden and intermediate.
 HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS, HEAD_DIM = 256, 768, 4, 8, 2, 32
 BPE_VOCAB = 1000
-BATCH = {"addition": 40, "recall": 16, "greeting": 4}  # cases per training step
+BATCH = {"addition": 32, "recall": 24, "greeting": 4}  # cases per training step
+# Each consonant-vowel pair of tiny_tasks.syllables() is this many lines of the BPE corpus, more than
+# any phrase (50), so their merges come first and a name like Lumeri is three tokens: Lu me ri.
+SYLLABLE_LINES = 200
 MICRO_BATCH = 16
 DEFAULT_STEPS = 1700
 LEARNING_RATE, WARMUP, WEIGHT_DECAY = 2e-3, 60, 0.05
 EVAL_CASES = 200
+# One thread: on this model a second one costs CPU time for little wall time (with 40/16/4 cases a
+# step, 0.73 CPU-s a step on one thread over 41 steps, 0.81 on two over a whole run, 2-core machine).
+THREADS = 1
 
 
 def build_tokenizer():
@@ -55,7 +63,8 @@ def build_tokenizer():
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    fast = build_bpe(vocab_size=BPE_VOCAB, extra_corpus=tasks.corpus_lines() * 50)
+    fast = build_bpe(vocab_size=BPE_VOCAB,
+                     extra_corpus=tasks.corpus_lines() * 50 + tasks.syllables() * SYLLABLE_LINES)
     data = json.loads(fast.backend_tokenizer.to_str())
     model = data["model"]
 
@@ -76,6 +85,25 @@ def build_tokenizer():
     )
     fast.padding_side = "left"
     return fast
+
+
+def check_name_tokens(tokenizer) -> None:
+    """Every Chinese name character is one token wherever a name stands, next to any other one.
+
+    Raises SystemExit naming the first name that BPE cuts into byte pieces (a merge learnt from a
+    task phrase can join one character's last byte to the next one's first).
+    """
+    contexts = [table[lang] for table in (tasks.NAME_STATEMENT, tasks.NAME_ACK, tasks.NAME_ANSWER)
+                for lang in ("en", "zh")]
+    pairs = [a + b for a in tasks.SURNAMES for b in tasks.GIVEN_NAME_CHARACTERS]
+    pairs += [a + b for a in tasks.GIVEN_NAME_CHARACTERS for b in tasks.GIVEN_NAME_CHARACTERS]
+    for name in pairs:
+        for context in contexts:
+            ids = tokenizer(context.format(name=name), add_special_tokens=False)["input_ids"]
+            pieces = [tokenizer.decode([token]) for token in ids]
+            if not all(character in pieces for character in name):
+                raise SystemExit(f"the tokenizer cuts the name {name} into {pieces}; drop one of its characters "
+                                 "from tiny_tasks.SURNAMES / GIVEN_NAME_CHARACTERS")
 
 
 def glm4_chat_template() -> str:
@@ -185,8 +213,8 @@ def train(model, tokenizer, steps: int, minutes: float | None) -> tuple[int, flo
         running = float(loss) if running is None else 0.95 * running + 0.05 * float(loss)
         elapsed = time.monotonic() - start
         if step % 50 == 0 or step == steps - 1:
-            print(f"step {step:5d}  loss {running:.4f}  lr {lr_at(step, steps):.2e}  {elapsed / 60:5.1f} min",
-                  flush=True)
+            print(f"step {step:5d}  loss {running:.4f}  lr {lr_at(step, steps):.2e}  {elapsed / 60:5.1f} min  "
+                  f"{cpu_seconds() / 60:5.1f} CPU-min", flush=True)
         if minutes is not None and elapsed > minutes * 60:
             print(f"stopping at step {step}: the {minutes} minute budget is spent", flush=True)
             return step + 1, elapsed
@@ -204,6 +232,7 @@ def evaluate(model, tokenizer, seed: int, n: int, batch_size: int = 50) -> dict[
         cases = generate_cases(seed, n)
         passed = exact = 0
         failures = []
+        by_kind: dict[str, list[int]] = {}  # recall: name kind -> [passed, total]
         for first in range(0, len(cases), batch_size):
             chunk = cases[first: first + batch_size]
             prompts = [encode(tokenizer, case, with_answer=False)[0] for case in chunk]
@@ -220,10 +249,21 @@ def evaluate(model, tokenizer, seed: int, n: int, batch_size: int = 50) -> dict[
                 ok = tasks.check(case, reply)
                 passed += ok
                 exact += raw == "\n" + case["answer"] + END_OF_TURN
+                if "name_kind" in case:
+                    counts = by_kind.setdefault(case["name_kind"], [0, 0])
+                    counts[0] += ok
+                    counts[1] += 1
                 if not ok and len(failures) < 3:
                     failures.append((case["messages"][-1]["content"], reply))
-        results[task] = {"accuracy": passed / len(cases), "exact": exact / len(cases), "failures": failures}
+        results[task] = {"accuracy": passed / len(cases), "exact": exact / len(cases), "failures": failures,
+                         "by_kind": {kind: ok / total for kind, (ok, total) in sorted(by_kind.items())}}
     return results
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far, all its threads together."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -234,16 +274,18 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=None,
                         help="stop training early past this many minutes (the result then depends on speed)")
     parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
+    parser.add_argument("--threads", type=int, default=THREADS, help="torch CPU threads")
     parser.add_argument("--eval-cases", type=int, default=EVAL_CASES)
     args = parser.parse_args()
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     torch.use_deterministic_algorithms(True)
     wall = time.monotonic()
 
     tokenizer = build_tokenizer()
+    check_name_tokens(tokenizer)
     tokenizer.chat_template = glm4_chat_template()
     model = make_model(tokenizer)
     params = sum(p.numel() for p in model.parameters())
@@ -251,6 +293,7 @@ def main() -> None:
           flush=True)
 
     steps, train_seconds = train(model, tokenizer, args.steps, args.minutes)
+    train_cpu = cpu_seconds()
     results = evaluate(model, tokenizer, tasks.HELD_OUT_SEED, args.eval_cases)
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -259,9 +302,13 @@ def main() -> None:
     total = time.monotonic() - wall
     print(f"\ntrained {steps} steps in {train_seconds / 60:.1f} min ({total / 60:.1f} min in all), "
           f"{params / 1e6:.2f}M parameters, saved to {args.out}")
+    print(f"CPU time: {train_cpu / 60:.1f} CPU-minutes up to the end of training, "
+          f"{cpu_seconds() / 60:.1f} in all (all threads, user + system)")
     print(f"held-out accuracy (seed {tasks.HELD_OUT_SEED}, {args.eval_cases} cases per task, greedy):")
     for task, result in results.items():
         print(f"  {task:9s} {result['accuracy']:.1%}  (exact reference reply {result['exact']:.1%})")
+        for kind, accuracy in result["by_kind"].items():
+            print(f"      {kind} names: {accuracy:.1%}")
         for question, reply in result["failures"]:
             print(f"      {question!r} -> {reply!r}")
 
