@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 from .errors import Glm4EdgeError, ModelFormatError
+from .images import LANGUAGE_MODEL_XML
 from .manifest import MANIFEST_NAME
 
 HOME_ENV = "GLM4_EDGE_HOME"
@@ -130,7 +131,8 @@ def entries() -> list[Entry]:
         return []
     found = []
     for path in sorted(root.iterdir()):
-        if path.name.startswith(".") or not path.is_dir() or not (path / "openvino_model.xml").is_file():
+        if path.name.startswith(".") or not path.is_dir() or not (
+                (path / "openvino_model.xml").is_file() or (path / LANGUAGE_MODEL_XML).is_file()):
             continue
         found.append(_entry(path))
     return found
