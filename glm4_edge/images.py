@@ -58,8 +58,9 @@ def open_image(source: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
             image.load()
             return image.convert("RGB")
     except Image.DecompressionBombError:
-        raise BadParameterError(f"{name} is too large to decode safely; {IMAGE_HINT} of at most "
-                                f"{max_pixels // 1_000_000} megapixels", "image") from None
+        # Pillow's own bomb check fires in open() for the most extreme sizes, before ours can read them.
+        raise BadParameterError(f"{name} is over the {max_pixels // 1_000_000} megapixel limit (too large to decode "
+                                "safely); downscale it first", "image") from None
     except UnidentifiedImageError:
         raise BadParameterError(f"{name} is not an image Pillow can read; {IMAGE_HINT}", "image") from None
     except (OSError, ValueError, SyntaxError) as error:  # Pillow's ways of saying the data ends early or is bad
