@@ -122,6 +122,7 @@ class Model:
     # NPU: the compiled prompt/answer lengths, and where requests over them go (see fallback.py).
     static_shape: npu_fallback.StaticShape | None = None
     fallback: npu_fallback.Fallback | None = None
+    accepts_images = False  # GLM-4V models (glm4_edge.vision.VisionModel) take an image per conversation
 
     def __init__(self, path: Path, device: str, pipeline, manifest: Manifest | None, load_s: float,
                  context_length: int, generation_prefix: str, stop_token_ids: list[int]):

@@ -69,9 +69,7 @@ class VisionModel(Model):
         self._user_id = self._special_id("<|user|>")
         self._newline_id = prompting.encode(tokenizer, "\n")
 
-    @property
-    def accepts_images(self) -> bool:
-        return True
+    accepts_images = True
 
     def _special_id(self, token: str) -> int:
         ids = prompting.encode(self.tokenizer, token)

@@ -307,3 +307,49 @@ def test_image_to_a_text_only_model_is_refused(tiny_int4):
         text_model.generate("What is this?", image=picture())
     with pytest.raises(BadParameterError, match="text-only model"):
         list(text_model.chat().send("What is this?", image=picture()))
+
+
+def test_int4_models_get_an_int8_vision_encoder(checkpoint, tmp_path):
+    """The default (int4) conversion compresses the vision tower to INT8 (the language model's INT4 path is
+    the legacy glm-4-9b-chat one, tested in test_convert)."""
+    from glm4_edge.convert.export import bits_table
+    from glm4_edge.convert.vision_export import convert_vision_tower
+
+    assert convert_vision_tower(checkpoint, tmp_path, "int4") == "int8"
+    table = {row["precision"]: row["percent"] for row in bits_table(tmp_path / images.VISION_ENCODER_XML)}
+    assert table.get("int8_asym", 0) > 90
+
+
+# --- CLI ------------------------------------------------------------------------------------------------
+
+def test_cli_generate_and_chat_take_an_image(converted, model, tmp_path):
+    import subprocess
+
+    from .conftest import CLI
+
+    path = tmp_path / "photo.png"
+    path.write_bytes(png_bytes(picture(3)))
+    result = subprocess.run([*CLI, "generate", str(converted), "-p", "What is this?", "--image", str(path), "--json",
+                             "--temperature", "0", "--max-new-tokens", "6"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    reply = json.loads(result.stdout)
+    expected = model.generate("What is this?", image=path, max_new_tokens=6, temperature=0)
+    assert reply["text"] == expected.text and reply["stats"]["vision_encoder_s"] is not None
+    session = subprocess.run([*CLI, "chat", str(converted), "--temperature", "0", "--max-new-tokens", "3"],
+                             input=f"/image {path}\nWhat is this?\n/image {path}\nAnd again?\n", capture_output=True,
+                             text=True, timeout=120)
+    assert session.returncode == 0, session.stderr
+    assert "attached" in session.stderr and "one image per conversation" in session.stderr
+
+
+def test_cli_bad_image_is_one_line_before_loading(converted, tmp_path):
+    import subprocess
+
+    from .conftest import CLI
+
+    (tmp_path / "empty.png").write_bytes(b"")
+    result = subprocess.run([*CLI, "generate", str(converted), "-p", "hi", "--image", str(tmp_path / "empty.png")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "0 bytes" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
