@@ -117,6 +117,8 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> Conver
                                              staged_copy=source.family == "chatglm" or adapter is not None)
         check_resources(source_bytes, output.parent, need_disk, need_ram)
     families.check_shards(source_folder)
+    if source.vision:
+        vision_export.check_source(source_folder)
 
     with staging_folder(output) as temp:
         staged = temp / "_source"

@@ -34,6 +34,25 @@ EXPORTED_XML = "openvino_model.xml"
 FLOAT32_TRACE_LIMIT_BYTES = 4 << 30
 
 
+def check_source(folder: Path) -> None:
+    """Refuse a GLM-4V checkpoint whose vision part cannot convert, before the language model's long export:
+    an incomplete `vision_config`, or no `transformer.vision.*` tensor in its safetensors shards."""
+    from safetensors import safe_open
+
+    from .families import read_config, weight_files
+    from .vision_reference import VISION_PREFIX, VisionConfig
+
+    VisionConfig.of(read_config(folder))
+    for file in weight_files(folder):
+        if file.suffix != ".safetensors":
+            continue
+        with safe_open(str(file), framework="pt") as handle:
+            if any(name.startswith(VISION_PREFIX) for name in handle.keys()):
+                return
+    raise ModelFormatError(f"{folder} has a vision_config but no {VISION_PREFIX}* tensors in *.safetensors shards; "
+                           "download the checkpoint's safetensors files completely")
+
+
 def _embedding_gather(parameter):
     """The Gather that looks up `input_ids` in the embedding table (through Converts)."""
     frontier = [parameter]

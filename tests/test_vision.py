@@ -353,3 +353,19 @@ def test_cli_bad_image_is_one_line_before_loading(converted, tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "0 bytes" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_conversion_refuses_a_checkpoint_without_its_vision_tensors_before_exporting(checkpoint, tmp_path):
+    import shutil
+
+    from glm4_edge.convert.export import ConvertOptions, convert
+
+    broken = tmp_path / "no-vision-shard"
+    shutil.copytree(checkpoint, broken)
+    (broken / "model-00002-of-00002.safetensors").unlink()
+    (broken / "model.safetensors.index.json").unlink()
+    with pytest.raises(ModelFormatError, match="no transformer.vision"):
+        convert(ConvertOptions(source=str(broken), output=tmp_path / "out"))
+    with pytest.raises(Glm4EdgeError, match="static shapes"):
+        convert(ConvertOptions(source=str(checkpoint), output=tmp_path / "out", device="npu"))
+    assert not (tmp_path / "out").exists()
