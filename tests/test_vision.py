@@ -56,6 +56,17 @@ def reference(checkpoint):
     return ReferenceModel(checkpoint, staged)
 
 
+def full_logits(converted: Path, embeds: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Logits for every position, straight from the language IR (the runtime computes the last one only)."""
+    import openvino as ov
+
+    request = ov.Core().compile_model(converted / images.LANGUAGE_MODEL_XML, "CPU", F32).create_infer_request()
+    request.reset_state()
+    return request.infer({"inputs_embeds": embeds, "position_ids": positions[None],
+                          "attention_mask": np.ones((1, embeds.shape[1]), dtype=np.int64),
+                          "beam_idx": np.zeros(1, dtype=np.int32)})["logits"][0]
+
+
 def picture(seed: int = 0, size: tuple[int, int] = (150, 200)):
     from PIL import Image
 
@@ -135,21 +146,22 @@ def test_image_features_match_the_reference(model, reference):
     assert model.image_features(image)[1] is None  # the second time comes from the cache
 
 
-def test_logits_for_image_and_text_match_the_reference(model, reference):
+def test_logits_for_image_and_text_match_the_reference(model, reference, converted):
     ids, image = prompt_ids(model, "What is in this picture?", picture())
     embeds, positions, _ = model.prompt_inputs(ids, image)
-    model.reset()
-    logits = model.forward(embeds, positions, embeds.shape[1])
+    logits = full_logits(converted, embeds, positions)
     expected = reference.logits(ids, images.preprocess(image, 112)).numpy()
     assert logits.shape == expected.shape == (len(ids) - 3 + 18, expected.shape[1])
     assert np.abs(logits - expected).max() < LOGIT_TOLERANCE
-    # The position rule matters: plain sequential positions (vLLM's port) give other logits.
     model.reset()
-    sequential = model.forward(embeds, np.arange(embeds.shape[1]), embeds.shape[1])
+    last = model.forward(embeds, positions, embeds.shape[1])  # the runtime's graph: the last position only
+    assert last.shape == (1, expected.shape[1]) and np.abs(last[0] - expected[-1]).max() < LOGIT_TOLERANCE
+    # The position rule matters: plain sequential positions (vLLM's port) give other logits.
+    sequential = full_logits(converted, embeds, np.arange(embeds.shape[1]))
     assert np.abs(sequential - expected).max() > 20 * LOGIT_TOLERANCE
 
 
-def test_stateful_decode_equals_full_recomputation(model, reference):
+def test_stateful_decode_equals_full_recomputation(model, reference, converted):
     ids, image = prompt_ids(model, "Describe the image.", picture(1))
     embeds, positions, _ = model.prompt_inputs(ids, image)
     model.reset()
@@ -165,20 +177,20 @@ def test_stateful_decode_equals_full_recomputation(model, reference):
     full_ids = ids + tokens
     full_embeds, full_positions, _ = model.prompt_inputs(full_ids, image)
     assert list(full_positions[-6:]) == list(range(len(ids) - 1, len(ids) + 5))  # decode continues unexpanded
-    model.reset()
-    full = model.forward(full_embeds, full_positions, full_embeds.shape[1])[-6:]
+    full = full_logits(converted, full_embeds, full_positions)[-6:]
     assert np.abs(np.stack(step_logits) - full).max() < 1e-3
     expected = reference.logits(full_ids, images.preprocess(image, 112)).numpy()[-6:]
     assert np.abs(np.stack(step_logits) - expected).max() < LOGIT_TOLERANCE
 
 
-def test_text_only_turn_matches_the_reference(model, reference):
+def test_text_only_turn_matches_the_reference(model, reference, converted):
     ids, _ = prompt_ids(model, "Hello! What is 23+45?")
     embeds, positions, seconds = model.prompt_inputs(ids)
     assert seconds is None
+    expected = reference.logits(ids).numpy()
+    assert np.abs(full_logits(converted, embeds, positions) - expected).max() < LOGIT_TOLERANCE
     model.reset()
-    logits = model.forward(embeds, positions, embeds.shape[1])
-    assert np.abs(logits - reference.logits(ids).numpy()).max() < LOGIT_TOLERANCE
+    assert np.abs(model.forward(embeds, positions, embeds.shape[1])[0] - expected[-1]).max() < LOGIT_TOLERANCE
 
 
 # --- preprocessing and positions -------------------------------------------------------------------------
@@ -369,3 +381,25 @@ def test_conversion_refuses_a_checkpoint_without_its_vision_tensors_before_expor
     with pytest.raises(Glm4EdgeError, match="static shapes"):
         convert(ConvertOptions(source=str(checkpoint), output=tmp_path / "out", device="npu"))
     assert not (tmp_path / "out").exists()
+
+
+def test_length_cancel_stop_and_seeded_sampling(model):
+    import threading
+
+    image = picture(7)
+    reply = model.generate("What is this?", image=image, max_new_tokens=5, temperature=0, ignore_eos=True)
+    assert reply.finish_reason == "length" and reply.stats.generated_tokens == 5
+    cancel = threading.Event()
+    cancel.set()
+    chunks = list(model.stream("What is this?", image=image, max_new_tokens=20, cancel=cancel, ignore_eos=True))
+    assert chunks[-1].finish_reason == "cancelled" and chunks[-1].stats.generated_tokens == 1
+    seeded = [model.generate("What is this?", image=image, max_new_tokens=8, temperature=1.0, seed=7,
+                             ignore_eos=True).text for _ in range(2)]
+    assert seeded[0] == seeded[1]
+    greedy = model.generate("What is this?", image=image, max_new_tokens=8, temperature=0, ignore_eos=True).text
+    assert len(greedy) > 2
+    stop = greedy[1:3]
+    cut = model.generate("What is this?", image=image, max_new_tokens=8, temperature=0, ignore_eos=True, stop=[stop])
+    assert cut.finish_reason == "stop" and stop not in cut.text and greedy.startswith(cut.text)
+    with pytest.raises(BadParameterError, match="json_schema"):
+        model.generate("What is this?", image=image, json_schema='{"type": "object"}')
