@@ -66,6 +66,13 @@ class VisionModel(Model):
         self._embeddings = compiled["embeddings"].create_infer_request()
         self._encoder = compiled["encoder"].create_infer_request()
         self._features: OrderedDict[str, np.ndarray] = OrderedDict()
+        # What the language model's KV cache holds: (prompt ids as tokenized, unexpanded, plus the answer
+        # tokens fed back; the image's digest or None) and its length in positions. A request whose ids
+        # extend it (the next turn of the same chat) prefills only the new tokens.
+        self._cached: tuple[list[int], str | None] | None = None
+        self._kv_length = 0
+        self.last_prefill_tokens = 0  # tokens the last request prefilled (less than its prompt on a cache hit)
+        self.last_prefill_logits: np.ndarray | None = None  # [vocab]: what the last prefill predicted next
         self._user_id = self._special_id("<|user|>")
         self._newline_id = prompting.encode(tokenizer, "\n")
 
@@ -172,6 +179,7 @@ class VisionModel(Model):
 
     def forward(self, embeds: np.ndarray, positions: np.ndarray, total: int) -> np.ndarray:
         """One step of the stateful language model: logits [rows, vocab] (rows: what the IR returns)."""
+        self._cached = None  # the cache now holds what the caller fed, which this object no longer knows
         request = self._language
         request.set_tensor("inputs_embeds", _tensor(embeds.astype(np.float32)))
         request.set_tensor("attention_mask", _tensor(np.ones((1, total), dtype=np.int64)))
@@ -181,8 +189,9 @@ class VisionModel(Model):
         return np.array(request.get_tensor("logits").data[0], dtype=np.float32)
 
     def reset(self) -> None:
-        """Forget the KV cache (every answer starts from its whole conversation)."""
+        """Empty the KV cache; the next request prefills its whole conversation."""
         self._language.reset_state()
+        self._cached = None
 
     def _checked(self, ids: list[int], picture, options: GenerationOptions, tool_names: list[str],
                  cancel: threading.Event | None, parse: bool) -> Iterator[Chunk]:
@@ -198,12 +207,26 @@ class VisionModel(Model):
         stops = set(self.stop_token_ids)
         with self._lock:
             started = time.perf_counter()
-            embeds, positions, vision_s = self.prompt_inputs(ids, picture)
+            digest = images.image_digest(picture) if picture is not None else None
+            cached, self._cached = self._cached, None  # unknown until this prefill succeeds
+            vision_s = None
+            if cached is not None and cached[1] == digest and len(ids) > len(cached[0]) \
+                    and ids[:len(cached[0])] == cached[0]:
+                # After the image, a token's position is its unexpanded index: the suffix continues from there.
+                embeds = self._embed(ids[len(cached[0]):])
+                positions = np.arange(len(cached[0]), len(ids), dtype=np.int64)
+                total = self._kv_length + embeds.shape[1]
+            else:
+                embeds, positions, vision_s = self.prompt_inputs(ids, picture)
+                self.reset()
+                total = embeds.shape[1]
+            prompt_tokens = total
+            self.last_prefill_tokens = embeds.shape[1]
             prefill_started = time.perf_counter()
-            self.reset()
-            total = embeds.shape[1]
-            logits = self.forward(embeds, positions, total)[-1]
+            logits = self.last_prefill_logits = self.forward(embeds, positions, total)[-1]
             first_at = time.perf_counter()
+            forwarded = list(ids)
+            self._cached, self._kv_length = (forwarded, digest), total
             next_position = int(positions[-1]) + 1
             sampler = Sampler(options, ids)
             generated: list[int] = []
@@ -232,8 +255,11 @@ class VisionModel(Model):
                     if len(generated) >= options.max_new_tokens:
                         ended = "length"
                         break
+                    self._cached = None
+                    logits = self.forward(self._embed([token]), np.asarray([next_position]), total + 1)[-1]
                     total += 1
-                    logits = self.forward(self._embed([token]), np.asarray([next_position]), total)[-1]
+                    forwarded.append(token)
+                    self._cached, self._kv_length = (forwarded, digest), total
                     next_position += 1
             finally:
                 finished_at = time.perf_counter()
@@ -243,11 +269,11 @@ class VisionModel(Model):
                 rest, calls = parser.finish()
             else:
                 tail, rest, calls = glm_format.ParsedPiece(text=tail_text), glm_format.ParsedPiece(), []
-            stats = GenerationStats(prompt_tokens=embeds.shape[1], generated_tokens=len(generated),
+            stats = GenerationStats(prompt_tokens=prompt_tokens, generated_tokens=len(generated),
                                     ttft_s=first_at - started, total_s=finished_at - started, load_s=self.load_s,
                                     device=self.device, peak_memory_bytes=peak_rss_bytes(),
                                     vision_encoder_s=vision_s)
-            stats.prefill_tokens_per_s = embeds.shape[1] / max(first_at - prefill_started, 1e-9)
+            stats.prefill_tokens_per_s = self.last_prefill_tokens / max(first_at - prefill_started, 1e-9)
             if len(generated) > 1:
                 stats.tokens_per_s = (len(generated) - 1) / max(finished_at - first_at, 1e-9)
             reason = finish_reason(cancelled=cancelled, tool_calls=bool(calls), stop_string=matcher.stopped,

@@ -403,3 +403,27 @@ def test_length_cancel_stop_and_seeded_sampling(model):
     assert cut.finish_reason == "stop" and stop not in cut.text and greedy.startswith(cut.text)
     with pytest.raises(BadParameterError, match="json_schema"):
         model.generate("What is this?", image=image, json_schema='{"type": "object"}')
+
+
+def test_next_turn_prefills_only_its_new_tokens(model):
+    from glm4_edge.options import GenerationOptions
+
+    options = GenerationOptions(max_new_tokens=4, temperature=0, ignore_eos=True)
+    ids, image = prompt_ids(model, "What is this?", picture(8))
+    list(model._checked(ids, image, options, [], None, True))
+    forwarded = model._cached[0]
+    assert forwarded[:len(ids)] == ids and len(forwarded) == len(ids) + 3  # the last answer token is not fed
+    follow = forwarded + model.encode("<|user|>\nAnd then?<|assistant|>")
+    reused = list(model._checked(follow, image, options, [], None, True))
+    assert model.last_prefill_tokens == len(follow) - len(forwarded)
+    reused_logits = model.last_prefill_logits
+    model.reset()
+    fresh = list(model._checked(follow, image, options, [], None, True))
+    assert model.last_prefill_tokens == len(follow) - 3 + 18
+    assert np.abs(reused_logits - model.last_prefill_logits).max() < LOGIT_TOLERANCE  # u8 KV cache on CPU
+    assert "".join(c.text for c in reused) == "".join(c.text for c in fresh)
+    assert reused[-1].stats.prompt_tokens == fresh[-1].stats.prompt_tokens
+    assert reused[-1].stats.vision_encoder_s is None
+    # Another image is another conversation: nothing is reused.
+    list(model._checked(follow, images.open_image(picture(9)), options, [], None, True))
+    assert model.last_prefill_tokens == len(follow) - 3 + 18
