@@ -353,6 +353,11 @@ def test_cli_generate_and_chat_take_an_image(converted, model, tmp_path):
                              text=True, timeout=120)
     assert session.returncode == 0, session.stderr
     assert "attached" in session.stderr and "one image per conversation" in session.stderr
+    info = subprocess.run([*CLI, "info", str(converted)], capture_output=True, text=True, timeout=120)
+    assert info.returncode == 0 and "112x112, 16 image tokens" in info.stdout
+    run = subprocess.run([*CLI, "run", str(converted), "--image", str(path), "--max-new-tokens", "2"],
+                         input="What is this?\n", capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "vision" in run.stderr, run.stderr
 
 
 def test_cli_bad_image_is_one_line_before_loading(converted, tmp_path):
@@ -427,3 +432,16 @@ def test_next_turn_prefills_only_its_new_tokens(model):
     # Another image is another conversation: nothing is reused.
     list(model._checked(follow, images.open_image(picture(9)), options, [], None, True))
     assert model.last_prefill_tokens == len(follow) - 3 + 18
+
+
+def test_large_towers_are_traced_in_float16_without_loss(checkpoint, reference, tmp_path, monkeypatch):
+    """A full-size tower is traced in float16 to halve conversion memory; the IR must still compute in f32."""
+    import openvino as ov
+    from glm4_edge.convert import vision_export
+
+    monkeypatch.setattr(vision_export, "FLOAT32_TRACE_LIMIT_BYTES", 0)
+    assert vision_export.convert_vision_tower(checkpoint, tmp_path, "fp16") == "fp16"
+    compiled = ov.Core().compile_model(tmp_path / images.VISION_ENCODER_XML, "CPU", F32)
+    pixels = images.preprocess(images.open_image(picture(10)), 112)
+    features = compiled({"pixel_values": pixels})["image_features"]
+    assert np.abs(features - reference.image_features(pixels).numpy()).max() < FEATURE_TOLERANCE
