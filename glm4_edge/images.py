@@ -33,6 +33,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # (a 20000x20000 PNG is 400 Mpx = 1.2 GB of RGB). 50 Mpx is larger than any phone camera's output;
 # the model sees 1120x1120 anyway.
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+# OpenAI chat content parts that carry an image ("image" is THUDM's own message key, also accepted as a part).
+IMAGE_PART_TYPES = ("image_url", "input_image", "image")
 IMAGE_HINT = "give a PNG, JPEG, WebP, GIF or BMP image"
 
 

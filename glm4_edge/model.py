@@ -195,6 +195,12 @@ class Model:
     def count_tokens(self, text: str) -> int:
         return len(self.encode(text))
 
+    def image_tokens_in(self, messages: Any) -> int:
+        """Prompt positions an image in `messages` adds beyond their text (GLM-4V); a text-only model
+        raises BadParameterError if the messages carry an image."""
+        _refuse_images(self, messages, None)
+        return 0
+
     # --- generation -------------------------------------------------------------------------------
 
     def stream(self, messages: str | Sequence[dict], *, tools: Sequence[dict] | None = None,
@@ -415,7 +421,7 @@ def _refuse_images(model: Model, messages: Any, image: Any) -> None:
     """A text-only model given an image (argument, message key or content part): one clear error."""
     carried = image is not None or (not isinstance(messages, str) and any(
         isinstance(m, dict) and (m.get("image") is not None or (isinstance(m.get("content"), list) and any(
-            isinstance(p, dict) and p.get("type") in ("image_url", "image", "input_image") for p in m["content"])))
+            isinstance(p, dict) and p.get("type") in images.IMAGE_PART_TYPES for p in m["content"])))
         for m in messages or []))
     if carried:
         raise BadParameterError(f"{model.name} is a text-only model and cannot see images; convert a GLM-4V "

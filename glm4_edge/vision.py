@@ -31,7 +31,6 @@ DEFAULT_FEATURE_CACHE_IMAGES = 4  # glm-4v-9b: 1602 x 4096 float32 = 26 MB per i
 VISION_CANNOT_HONOUR = {
     "json_schema": "structured output is not available for GLM-4V models yet; ask for JSON in the prompt",
 }
-IMAGE_PART_TYPES = ("image_url", "image", "input_image")
 
 
 class VisionModel(Model):
@@ -119,6 +118,11 @@ class VisionModel(Model):
             raise BadParameterError(f"GLM-4V cannot honour json_schema: {VISION_CANNOT_HONOUR['json_schema']}",
                                     "json_schema")
         return self._checked(self.encode(prompt), None, checked, list(tool_names), cancel, parse=parse)
+
+    def image_tokens_in(self, messages: Any) -> int:
+        """Positions the conversation's image takes beyond its rendered text (the feature tokens), or 0."""
+        _, source, _ = split_image(messages, None, legacy=self.prompt_format == glm_format.GLM4_9B_CHAT)
+        return int(self.vision["feature_tokens"]) if source is not None else 0
 
     def generate_batch(self, conversations, **options: Any):
         raise BadParameterError("GLM-4V models answer one conversation at a time; call generate for each",
@@ -313,7 +317,7 @@ def split_image(messages: str | Sequence[dict], image: Any = None, legacy: bool 
         if isinstance(content, list):
             kept = []
             for part in content:
-                if isinstance(part, dict) and part.get("type") in IMAGE_PART_TYPES:
+                if isinstance(part, dict) and part.get("type") in images.IMAGE_PART_TYPES:
                     sources.append(_part_source(part))
                 else:
                     kept.append(part)

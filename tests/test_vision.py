@@ -447,22 +447,44 @@ def test_large_towers_are_traced_in_float16_without_loss(checkpoint, reference, 
     assert np.abs(features - reference.image_features(pixels).numpy()).max() < FEATURE_TOLERANCE
 
 
-def test_server_answers_text_turns_and_refuses_image_parts_for_now(converted, tmp_path):
-    """`serve` loads a GLM-4V model without parallel decoding (its default --max-concurrency would ask for it);
-    image_url parts are not wired into the server yet and get a clear 400."""
+def test_server_takes_image_url_parts(converted, model, tmp_path):
+    """`serve` loads a GLM-4V model without parallel decoding (its --max-concurrency 2 would ask for it), answers
+    an OpenAI image_url part with a data: URL as the Python API does, and refuses remote URLs, a second image,
+    a broken image and images with response_format with a 400 naming `messages`."""
     import base64
 
     from .test_server import start_server, stop_server
 
+    def image_turn(text: str, url: str) -> dict:
+        return {"role": "user", "content": [{"type": "text", "text": text},
+                                            {"type": "image_url", "image_url": {"url": url}}]}
+
+    url = "data:image/png;base64," + base64.b64encode(png_bytes(picture(3))).decode()
+    expected = model.generate("What is this?", image=picture(3), max_new_tokens=6, temperature=0).text
     server = start_server(converted, tmp_path / "serve.log", "--max-concurrency", "2")
     try:
         with server.http() as http:
-            answer = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
-                                                             "max_tokens": 3, "temperature": 0})
-            assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] >= 1
-            url = "data:image/png;base64," + base64.b64encode(png_bytes(picture())).decode()
-            refused = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": [
-                {"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": url}}]}]})
-            assert refused.status_code == 400 and "image_url" in refused.json()["error"]["message"]
+            answer = http.post("/v1/chat/completions", json={"messages": [image_turn("What is this?", url)],
+                                                             "max_tokens": 6, "temperature": 0})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["choices"][0]["message"]["content"] == expected
+            # Without max_tokens the default is what the context leaves after the image's tokens too.
+            unbounded = http.post("/v1/chat/completions", json={"messages": [image_turn("What?", url)],
+                                                                "temperature": 0, "stop": ["a", "e", "o"]})
+            assert unbounded.status_code == 200, unbounded.text
+            text = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                           "max_tokens": 3})
+            assert text.status_code == 200
+            for messages, extra, words in (
+                ([image_turn("What?", "https://example.com/cat.png")], {}, "not fetched"),
+                ([image_turn("What?", url), {"role": "assistant", "content": "A cat."}, image_turn("And?", url)],
+                 {}, "one image per conversation"),
+                ([image_turn("What?", "data:image/png;base64,AAAA")], {}, "not an image"),
+                ([image_turn("What?", url)], {"response_format": {"type": "json_object"}}, "response_format"),
+            ):
+                refused = http.post("/v1/chat/completions", json={"messages": messages, **extra})
+                assert refused.status_code == 400, refused.text
+                error = refused.json()["error"]
+                assert words in error["message"] and error["param"] == "messages", error
     finally:
         stop_server(server)
