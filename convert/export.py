@@ -30,7 +30,7 @@ from glm4_edge.integrity import file_table
 from glm4_edge.manifest import MANIFEST_NAME, Compression, Manifest
 from glm4_edge.store import free_disk as free_disk_at
 
-from . import calibration, families, lora, presets
+from . import calibration, families, lora, presets, vision_export
 from .staging import check_output, publish, staging_folder
 
 DEFAULT_MODELS_DIR = Path("models")
@@ -93,6 +93,9 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> Conver
     stages: dict[str, float] = {}
     source_folder, source_meta = resolve_source(options, progress)
     source = families.detect_family(source_folder, name_hint=options.source)
+    if source.vision and options.device == "npu":
+        raise Glm4EdgeError("GLM-4V for the NPU needs static shapes, which glm4-edge does not build yet; convert "
+                            "with --device cpu or gpu")
     parameters = _count_parameters(source.config, source.family)
     settings = presets.resolve(
         options.device, options.weight_format, group_size=options.group_size, ratio=options.ratio, sym=options.sym,
@@ -115,6 +118,8 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> Conver
                                              staged_copy=source.family == "chatglm" or adapter is not None)
         check_resources(source_bytes, output.parent, need_disk, need_ram)
     families.check_shards(source_folder)
+    if source.vision:
+        vision_export.check_source(source_folder)
 
     with staging_folder(output) as temp:
         staged = temp / "_source"
@@ -147,6 +152,13 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> Conver
         ensure_tokenizers(temp, export_folder)
         stop_ids = write_generation_config(temp, export_folder)
         prefix = generation_prefix(export_folder)
+        bits = bits_table(temp / "openvino_model.xml")
+        vision: dict[str, Any] = {}
+        if source.vision:  # the language model is done and released: now the vision tower, on its own
+            timer = time.perf_counter()
+            vision = vision_export.finish_vision(temp, source_folder, export_folder, settings.weight_format,
+                                                 progress)
+            stages["vision"] = time.perf_counter() - timer
         shutil.rmtree(staged)
 
         output_bytes = sum(p.stat().st_size for p in temp.rglob("*") if p.is_file())
@@ -166,7 +178,7 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> Conver
                 all_layers=None if settings.weight_format == "fp16" else settings.all_layers,
                 awq=settings.awq, scale_estimation=settings.scale_estimation, dataset=settings.dataset,
                 backup_precision=None if settings.weight_format == "fp16" else settings.backup_precision,
-                bits_table=bits_table(temp / "openvino_model.xml"), weight_error=error,
+                bits_table=bits, weight_error=error,
             ),
             context_length=families.context_window(config),
             rope_scaling=rope if families.rope_type(rope := families.rope_entry(config)) != "default" else None,
@@ -179,6 +191,7 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> Conver
             versions=package_versions(),
             created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             files=files,
+            vision=vision,
         )
         manifest.write(temp)
         progress("finishing")

@@ -30,6 +30,7 @@ class SourceInfo:
     family: str
     config: dict[str, Any]
     reasoning: bool
+    vision: bool = False  # GLM-4V-9B: a legacy chatglm language model plus a vision tower
 
     @property
     def context_length(self) -> int:
@@ -54,9 +55,9 @@ def detect_family(folder: Path, name_hint: str = "") -> SourceInfo:
     """Family from `config.json`; GLM-4V, ChatGLM2/3 and non-GLM models are refused."""
     config = read_config(folder)
     model_type = str(config.get("model_type", ""))
-    if model_type in ("glm4v", "glm4v_moe", "glm4v_text") or "vision_config" in config:
-        raise ModelFormatError(f"{folder} is a GLM-4V vision-language model; glm4-edge converts text-only "
-                               "GLM-4 models (use optimum-cli's image-text-to-text export for GLM-4V)")
+    if model_type in ("glm4v", "glm4v_moe", "glm4v_text") or ("vision_config" in config and model_type != "chatglm"):
+        raise ModelFormatError(f"{folder} is a GLM-4.1V/4.5V model (model_type {model_type!r}); glm4-edge converts "
+                               "GLM-4 text models and GLM-4V-9B (THUDM/glm-4v-9b, model_type chatglm)")
     if model_type == "glm4" or model_type == "glm":
         family = model_type
     elif model_type == "chatglm":
@@ -73,7 +74,7 @@ def detect_family(folder: Path, name_hint: str = "") -> SourceInfo:
     _check_weights(folder)
     _check_tokenizer(folder, family)
     reasoning = "z1" in (name_hint or config.get("_name_or_path", "") or folder.name).lower()
-    return SourceInfo(folder, family, config, reasoning)
+    return SourceInfo(folder, family, config, reasoning, vision="vision_config" in config)
 
 
 def _is_tiktoken_file(path: Path) -> bool:
@@ -200,8 +201,8 @@ def remap_legacy(source: SourceInfo, staged: Path, lora: LoraAdapter | None = No
             shard, shard_bytes, shard_number = {}, 0, shard_number + 1
 
     for name, tensor in iter_tensors(source.folder):
-        if "rotary_pos_emb" in name:
-            continue
+        if "rotary_pos_emb" in name or name.startswith("transformer.vision."):
+            continue  # the vision tower is converted on its own (vision_export)
         if lora is not None:
             tensor = lora.apply(name, tensor)
         new = name

@@ -51,6 +51,9 @@ class Manifest:
     # Relative path -> {"size": bytes, "sha256": hex} of every file but this manifest (glm4_edge.integrity);
     # empty for models converted before glm4-edge recorded them: those load, but cannot be verified.
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # GLM-4V only (empty for text models): image size, token ids and counts, normalisation, position rule,
+    # the vision encoder's weight format; written by convert.vision_export.finish_vision.
+    vision: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import device_bench, devices, glm_format, integrity, prefill, prompting, rope, store
+from . import device_bench, devices, glm_format, images, integrity, prefill, prompting, rope, store
 from . import fallback as npu_fallback
 from .errors import BadParameterError, ContextOverflowError, Glm4EdgeError, ModelFormatError
 from .manifest import Manifest, read_manifest
@@ -36,6 +36,8 @@ from .tool_choice import arguments_schema, choose, forced_calls, forced_prompt
 DEFAULT_DEVICE = "CPU"
 DEFAULT_CONTEXT = 8192
 REQUIRED_FILES = ("openvino_model.xml", "openvino_tokenizer.xml", "openvino_detokenizer.xml")
+# A GLM-4V folder: three IRs instead of openvino_model.xml (see glm4_edge.vision).
+REQUIRED_VISION_FILES = (*images.VISION_FILES, "openvino_tokenizer.xml", "openvino_detokenizer.xml")
 # What `generate_batch` cannot do, and what to do instead: refused by name, never ignored.
 BATCH_CANNOT_HONOUR = {"cancel": "a batch answers all at once; stream one conversation to cancel it"}
 
@@ -68,6 +70,7 @@ class GenerationStats:
     compile_s: float | None = None
     device: str = ""
     fallback: str | None = None  # why the request left the NPU for the fallback device (`device`)
+    vision_encoder_s: float | None = None  # GLM-4V: image encoding time (None: no image, or cached)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,6 +78,8 @@ class GenerationStats:
     def summary(self) -> str:
         """An Ollama-style one-liner."""
         parts = [f"prompt {self.prompt_tokens} tok"]
+        if self.vision_encoder_s is not None:
+            parts.append(f"vision {self.vision_encoder_s * 1000:.0f} ms")
         if self.ttft_s is not None:
             parts.append(f"TTFT {self.ttft_s * 1000:.0f} ms")
         parts.append(f"{self.generated_tokens} tok")
@@ -118,6 +123,7 @@ class Model:
     # NPU: the compiled prompt/answer lengths, and where requests over them go (see fallback.py).
     static_shape: npu_fallback.StaticShape | None = None
     fallback: npu_fallback.Fallback | None = None
+    accepts_images = False  # GLM-4V models (glm4_edge.vision.VisionModel) take an image per conversation
 
     def __init__(self, path: Path, device: str, pipeline, manifest: Manifest | None, load_s: float,
                  context_length: int, generation_prefix: str, stop_token_ids: list[int]):
@@ -190,6 +196,12 @@ class Model:
     def count_tokens(self, text: str) -> int:
         return len(self.encode(text))
 
+    def image_tokens_in(self, messages: Any) -> int:
+        """Prompt positions an image in `messages` adds beyond their text (GLM-4V); a text-only model
+        raises BadParameterError if the messages carry an image."""
+        _refuse_images(self, messages, None)
+        return 0
+
     # --- generation -------------------------------------------------------------------------------
 
     def stream(self, messages: str | Sequence[dict], *, tools: Sequence[dict] | None = None,
@@ -206,6 +218,7 @@ class Model:
         (or `close()`) stops generation within a token. Setting `cancel` from another thread ends
         the stream with finish_reason "cancelled".
         """
+        _refuse_images(self, messages, options.pop("image", None))
         checked = GenerationOptions.of(options)
         shown, forced = _tool_plan(tools, tool_choice, json_schema)
         prompt = self.render(messages, shown)
@@ -411,6 +424,17 @@ class Model:
         return stats
 
 
+def _refuse_images(model: Model, messages: Any, image: Any) -> None:
+    """A text-only model given an image (argument, message key or content part): one clear error."""
+    carried = image is not None or (not isinstance(messages, str) and any(
+        isinstance(m, dict) and (m.get("image") is not None or (isinstance(m.get("content"), list) and any(
+            isinstance(p, dict) and p.get("type") in images.IMAGE_PART_TYPES for p in m["content"])))
+        for m in messages or []))
+    if carried:
+        raise BadParameterError(f"{model.name} is a text-only model and cannot see images; convert a GLM-4V "
+                                "checkpoint (THUDM/glm-4v-9b) for image chat", "image")
+
+
 def _tool_plan(tools: Sequence[dict] | None, tool_choice: Any,
                json_schema: str | None) -> tuple[list[dict], dict | None]:
     """(function schemas to show, the one the model must call or None); see `tool_choice.choose`."""
@@ -473,10 +497,19 @@ class Chat:
             message["name"] = name
         self.messages.append(message)
 
-    def send(self, text: str | None, **options: Any) -> Iterator[Chunk]:
-        """Add the user's `text` (None: continue after a tool result) and stream the answer."""
+    def send(self, text: str | None, *, image: Any = None, **options: Any) -> Iterator[Chunk]:
+        """Add the user's `text` (None: continue after a tool result) and stream the answer.
+
+        `image` (GLM-4V models: a path, bytes, a data: URL or a PIL image) goes with this turn; a
+        text-only model, or a second image in the conversation, raises BadParameterError.
+        """
+        if image is not None and text is None:
+            raise BadParameterError("an image needs a question or instruction with it", "image")
         if text is not None:
-            self.messages.append({"role": "user", "content": text})
+            message: dict[str, Any] = {"role": "user", "content": text}
+            if image is not None:
+                message["image"] = image
+            self.messages.append(message)
         merged = {**self.defaults, **options}
         if self.tools and "tools" not in merged:
             merged["tools"] = self.tools
@@ -539,7 +572,8 @@ def check_model_folder(path: str | Path) -> Path:
     folder = store.resolve(path)  # a folder, or a name in the model store
     if not folder.is_dir():
         raise ModelFormatError(f"{folder}: no such model folder; convert one with `glm4-edge convert`")
-    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    required = REQUIRED_VISION_FILES if (folder / images.LANGUAGE_MODEL_XML).is_file() else REQUIRED_FILES
+    missing = [name for name in required if not (folder / name).is_file()]
     if missing:
         raise ModelFormatError(f"{folder} is not an OpenVINO model folder (missing {', '.join(missing)}); "
                                "convert the checkpoint with `glm4-edge convert`")
@@ -607,6 +641,12 @@ def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int 
 
     if draft is not None and prompt_lookup:
         raise BadParameterError("choose --draft or --prompt-lookup, not both", "prompt_lookup")
+    if (store.resolve(path) / images.LANGUAGE_MODEL_XML).is_file():  # GLM-4V: our own decode loop
+        from .vision import load_vision
+
+        if draft is not None or prompt_lookup:
+            raise BadParameterError("GLM-4V models do not take --draft or --prompt-lookup yet", "draft")
+        return load_vision(plan_load(path, device, cache=False, properties=properties), warm_up=warm_up)
     plan = plan_load(path, device, max_prompt_len=max_prompt_len, min_response_len=min_response_len, cache=cache,
                      properties=properties)
     if plan.base_device == "NPU":

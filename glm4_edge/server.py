@@ -30,6 +30,7 @@ from . import glm_format, server_anthropic, server_tools, tool_choice
 from .batching import BatchedModel
 from .errors import BadParameterError, ContextOverflowError, Glm4EdgeError
 from .fallback import StaticShapeError
+from .images import IMAGE_PART_TYPES
 from .json_grammar import ToolCallGrammar
 from .model import Chunk, GenerationStats, Model, openvino_reason
 from .options import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, check_number, stop_list
@@ -73,7 +74,8 @@ def bad_param(param: str, message: str, code: str = "invalid_value") -> ApiError
 
 
 # Model.stream names options as the Python API does; clients know OpenAI's names.
-_OPENAI_PARAM = {"max_new_tokens": "max_tokens", "json_schema": "response_format"}
+# An image is part of a message in OpenAI's API (an image_url content part).
+_OPENAI_PARAM = {"max_new_tokens": "max_tokens", "json_schema": "response_format", "image": "messages"}
 
 
 def _from_glm4_edge_error(error: Glm4EdgeError) -> ApiError:
@@ -528,10 +530,12 @@ def parse_chat(body: dict) -> ChatRequest:
         content = message.get("content")
         if isinstance(content, list):
             for part in content:
-                if not isinstance(part, dict) or part.get("type", "text") != "text":
+                # Image parts go on to the model: a GLM-4V model reads them (data: URLs only), a text model
+                # refuses them by name (`Model.stream`).
+                if not isinstance(part, dict) or part.get("type", "text") not in ("text", *IMAGE_PART_TYPES):
                     kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                    raise bad_param("messages", f"messages[{index}] has a {kind!r} content part; this model "
-                                                "reads text only")
+                    raise bad_param("messages", f"messages[{index}] has a {kind!r} content part; glm4-edge "
+                                                "reads text and (GLM-4V models) image_url parts")
         checked.append(message)
     tools = body.get("tools") or []
     if not isinstance(tools, list):
@@ -626,6 +630,11 @@ def open_chat(model: Model, request: ChatRequest, cancel: threading.Event) -> It
 
 def _open_chat(model: Model, request: ChatRequest, cancel: threading.Event) -> Iterator[Chunk]:
     sampling = request.sampling
+    image_tokens = model.image_tokens_in(request.messages)  # raises for an image a text model cannot see
+    if image_tokens and (request.any_tool is not None or request.forced_tool is not None
+                         or request.json_schema is not None):
+        raise BadParameterError("an image cannot go with response_format or a tool_choice that forces a call yet; "
+                                "send it with tool_choice auto and no response_format", "messages")
     if request.any_tool is not None:
         # A tool-call turn whose first tokens are constrained to one declared name, then its arguments.
         prompt = model.render(request.messages, request.tools).replace_reply_opener(
@@ -645,7 +654,7 @@ def _open_chat(model: Model, request: ChatRequest, cancel: threading.Event) -> I
                              tool_names=[t["name"] for t in request.tools])
     max_tokens = sampling.max_tokens
     if max_tokens is None:
-        prompt_tokens = model.count_tokens(model.render(request.messages, request.tools))
+        prompt_tokens = model.count_tokens(model.render(request.messages, request.tools)) + image_tokens
         max_tokens = _default_max_tokens(model, prompt_tokens)
     return model.stream(request.messages, tools=request.tools or None, cancel=cancel,
                         **sampling.options(max_tokens))

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 from .errors import Glm4EdgeError, ModelFormatError
+from .images import LANGUAGE_MODEL_XML
 from .manifest import MANIFEST_NAME
 
 HOME_ENV = "GLM4_EDGE_HOME"
@@ -123,6 +124,11 @@ class Entry:
     source: str
 
 
+def is_model_folder(path: Path) -> bool:
+    """A converted model: a text model's openvino_model.xml, or a GLM-4V model's language IR."""
+    return (path / "openvino_model.xml").is_file() or (path / LANGUAGE_MODEL_XML).is_file()
+
+
 def entries() -> list[Entry]:
     """Every model in the store, by name; hidden work folders and stray files are skipped."""
     root = home()
@@ -130,7 +136,7 @@ def entries() -> list[Entry]:
         return []
     found = []
     for path in sorted(root.iterdir()):
-        if path.name.startswith(".") or not path.is_dir() or not (path / "openvino_model.xml").is_file():
+        if path.name.startswith(".") or not is_model_folder(path):
             continue
         found.append(_entry(path))
     return found

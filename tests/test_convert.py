@@ -281,7 +281,7 @@ def bad_sources(workdir, tiny_glm4):
     (no_tokenizer / "tokenizer.json").unlink()
     vision = root / "glm4v"
     vision.mkdir()
-    (vision / "config.json").write_text(json.dumps({"model_type": "chatglm", "vision_config": {}}))
+    (vision / "config.json").write_text(json.dumps({"model_type": "glm4v", "vision_config": {}}))
     a_file = root / "a-file"
     a_file.write_text("x")
     # A checkpoint that claims 8 TiB of weights (a sparse file; ext4 allows up to 16): no disk here holds its
@@ -299,7 +299,7 @@ def bad_sources(workdir, tiny_glm4):
     ("llama", [], ["not a GLM-4 checkpoint", "llama"]),
     ("broken", [], ["not valid JSON"]),
     ("no_tokenizer", [], ["tokenizer.json"]),
-    ("vision", [], ["GLM-4V"]),
+    ("vision", [], ["GLM-4.1V"]),
     ("good", ["--device", "npu", "--no-sym"], ["symmetric"]),
     ("good", ["--weight-format", "fp16", "--group-size", "64"], ["--group-size"]),
     ("good", ["--weight-format", "int8", "--ratio", "0.5"], ["--ratio"]),

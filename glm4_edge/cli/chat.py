@@ -9,13 +9,14 @@ import sys
 from rich.console import Console
 from rich.markup import escape
 
+from .. import images
 from ..documents import read_document
-from ..errors import Glm4EdgeError
+from ..errors import BadParameterError, Glm4EdgeError
 from .common import add_model_args, add_sampling_args, load_model, sampling_options
 from .documents import ProgressLine, add_file_arg, attach_files, read_files
 
-HELP = ("commands: /file PATH (attach a document to your next message), /clear (new conversation), "
-        "/stats (last answer), /exit; Ctrl-C stops an answer")
+HELP = ("commands: /file PATH (attach a document to your next message), /image PATH (GLM-4V: an image for "
+        "your next message), /clear (new conversation), /stats (last answer), /exit; Ctrl-C stops an answer")
 
 
 def add_parser(subparsers) -> None:
@@ -31,6 +32,7 @@ def add_chat_args(parser) -> None:
     parser.add_argument("--trim-history", action="store_true",
                         help="drop the oldest turns instead of failing when the context is full")
     add_file_arg(parser)
+    parser.add_argument("--image", metavar="PATH", help="an image for your first message (GLM-4V models)")
     parser.add_argument("--tools", choices=["python"], action="append", default=[],
                         help="python: let the model run Python code in a sandbox (no network, limits; "
                              "see docs/documents.md)")
@@ -42,8 +44,12 @@ def run(args: argparse.Namespace) -> int:
     err = Console(stderr=True, highlight=False)
     options = sampling_options(args)
     documents = read_files(args)
+    image = images.open_image(args.image) if getattr(args, "image", None) else None  # fail before loading
     with err.status(f"loading {args.model} on {args.device}"):
         model = load_model(args)
+    if image is not None and not model.accepts_images:
+        raise BadParameterError(f"{model.name} is a text-only model and cannot see images; convert a GLM-4V "
+                                "checkpoint (THUDM/glm-4v-9b) for image chat", "image")
     err.print(f"[bold]{model.describe()}[/] · loaded in {model.load_s:.1f} s · {HELP}")
     if "python" in args.tools:
         from ..code_tool import open_tool_chat
@@ -72,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if command == "/clear":
             chat.reset()
-            documents = []
+            documents, image = [], None
             err.print("[dim]conversation cleared[/]")
             continue
         if command.startswith("/file"):
@@ -88,17 +94,40 @@ def run(args: argparse.Namespace) -> int:
             err.print(f"[dim]attached {documents[-1].name} ({documents[-1].chars:,} characters) to your next "
                       "message[/]")
             continue
+        if command.startswith("/image"):
+            image = pick_image(model, command[len("/image"):].strip(), err) or image
+            continue
         if command == "/stats":
             err.print(chat.last_stats.summary() if chat.last_stats else "[dim]no answer yet[/]")
             continue
         if command.startswith("/"):
             err.print(f"[dim]unknown command {command}; {HELP}[/]")
             continue
-        if answer(chat, text, console, err, documents, args.max_new_tokens):
+        sent = answer(chat, text, console, err, documents, args.max_new_tokens, image=image)
+        image = None  # sent, or refused (one image per conversation): /image again to retry
+        if sent:
             documents = []
 
 
-def answer(chat, text: str, console: Console, err: Console, documents=(), max_new_tokens: int = 0) -> bool:
+def pick_image(model, path: str, err: Console):
+    """/image PATH: the decoded image for the next message, or None (the reason printed)."""
+    if not path:
+        err.print("[dim]usage: /image PATH[/]")
+        return None
+    if not model.accepts_images:
+        err.print(f"[red]{model.name} is a text-only model and cannot see images[/]")
+        return None
+    try:
+        image = images.open_image(path)
+    except Glm4EdgeError as error:
+        err.print(f"[red]{error}[/]")
+        return None
+    err.print(f"[dim]attached {path} ({image.size[0]}x{image.size[1]}) to your next message[/]")
+    return image
+
+
+def answer(chat, text: str, console: Console, err: Console, documents=(), max_new_tokens: int = 0,
+           image=None) -> bool:
     """Stream one answer; False when the message was refused (its documents stay attached)."""
     if documents:
         turn = [*chat.messages, {"role": "user", "content": text}]
@@ -109,7 +138,7 @@ def answer(chat, text: str, console: Console, err: Console, documents=(), max_ne
             return False
         text = turn[-1]["content"]
     try:
-        stream = chat.send(text)
+        stream = chat.send(text, image=image) if image is not None else chat.send(text)
     except Glm4EdgeError as error:
         err.print(f"[red]{error}[/]")
         return False

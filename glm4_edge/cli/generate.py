@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .. import images
 from ..errors import BadParameterError, Glm4EdgeError
 from ..glm_format import tool_schemas
 from .common import add_model_args, add_sampling_args, load_model, sampling_options
@@ -28,6 +29,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--tools", type=Path, metavar="TOOLS.json",
                         help="JSON list of function schemas the model may call (OpenAI format)")
     add_file_arg(parser)
+    parser.add_argument("--image", type=Path, metavar="PATH", help="an image the prompt asks about (GLM-4V models)")
     parser.add_argument("--json", action="store_true", help="print the reply and stats as JSON")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="prompts per batched call")
     add_sampling_args(parser)
@@ -57,6 +59,8 @@ def read_tools(path: Path | None) -> list[dict] | None:
 def run(args: argparse.Namespace) -> int:
     if args.file and args.batch is not None:
         raise BadParameterError("--file goes with -p; in a --batch, put the text in the messages", "file")
+    if args.image is not None and args.batch is not None:
+        raise BadParameterError("--image goes with -p; a --batch is text only", "image")
     if args.batch is not None:
         return run_batch(args)
     if args.output is not None:
@@ -66,10 +70,13 @@ def run(args: argparse.Namespace) -> int:
         raise BadParameterError("the prompt is empty", "prompt")
     options = {**sampling_options(args), "tools": read_tools(args.tools)}
     documents = read_files(args)
+    image = images.open_image(args.image) if args.image is not None else None  # a bad image fails before loading
     model = load_model(args)
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": prompt}]
     attach_files(model, messages, documents, args.max_new_tokens)
+    if image is not None:
+        messages[-1]["image"] = image
     if args.json:
         reply = model.generate(messages, **options)
         print(json.dumps({"text": reply.text, "reasoning": reply.reasoning, "tool_calls": reply.tool_calls,

@@ -45,7 +45,7 @@ def _device_choice(folder: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     folder = store.resolve(args.model)
-    if not (folder / "openvino_model.xml").is_file():
+    if not store.is_model_folder(folder):
         raise ModelFormatError(f"{folder} is not a converted model folder (no openvino_model.xml)")
     manifest = read_manifest(folder)
     if manifest is None:
@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         ("all layers", str(c.all_layers)), ("awq / scale estimation", f"{c.awq} / {c.scale_estimation}"),
         ("preset", manifest.preset or "-"), ("quality", quality_line(c.weight_error)),
         ("context", str(manifest.context_length)), ("reasoning (Z1)", str(manifest.reasoning)),
+        *([("images (GLM-4V)", vision_line(manifest.vision))] if manifest.vision else []),
         ("size on disk", f"{folder_bytes(folder) / 1e6:,.1f} MB"),
         ("created", manifest.created),
         ("device for AUTO", _device_choice(folder)),
@@ -81,6 +82,13 @@ def run(args: argparse.Namespace) -> int:
         bits.add_row(row["precision"], str(row["tensors"]), f"{row['percent']:.1f}")
     console.print(bits)
     return 0
+
+
+def vision_line(vision: dict) -> str:
+    """'1120x1120, 1600 image tokens, vision encoder int8' from the manifest's `vision` entry."""
+    size = vision.get("image_size", "?")
+    return (f"{size}x{size}, {vision.get('image_tokens', '?')} image tokens, vision encoder "
+            f"{vision.get('weight_format', '?')}")
 
 
 def quality_line(weight_error: dict) -> str:

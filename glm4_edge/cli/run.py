@@ -55,9 +55,9 @@ def prepare(args: argparse.Namespace) -> Path:
     path = Path(source).expanduser()
     if args.name is not None:
         store.check_name(args.name)
-    if path.is_dir() and (path / "openvino_model.xml").is_file():
+    if path.is_dir() and store.is_model_folder(path):
         return path  # a converted folder, or a store entry given by its path
-    if not path.exists() and store.is_name(source) and (store.home() / source / "openvino_model.xml").is_file():
+    if not path.exists() and store.is_name(source) and store.is_model_folder(store.home() / source):
         if args.force:
             manifest = read_manifest(store.home() / source)
             origin = manifest.source.get("id") if manifest else None

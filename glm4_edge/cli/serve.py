@@ -70,11 +70,16 @@ def run(args: argparse.Namespace) -> int:
               f"(--api-key or ${server.API_KEY_ENV})", file=sys.stderr)
     batching = args.batching if args.batching is not None else args.max_concurrency > 1
     if batching:
-        if base_device(args.device) not in BATCHING_DEVICES or args.draft is not None or args.prompt_lookup:
+        vision = bool(manifest and manifest.vision)
+        if args.batching and vision:
+            raise Glm4EdgeError("--batching is for text models; a GLM-4V model answers one request at a time: "
+                                "drop --batching")
+        if base_device(args.device) not in BATCHING_DEVICES or args.draft is not None or args.prompt_lookup \
+                or vision:
             if args.batching:
                 raise Glm4EdgeError(f"--batching runs on CPU or GPU without --draft/--prompt-lookup, not "
                                     f"{args.device}; drop --batching")
-            batching = False  # NPU, AUTO or speculative decoding: requests queue for the one pipeline
+            batching = False  # NPU, AUTO, speculative decoding or GLM-4V: requests queue for the one model
     if batching:
         loader = partial(load_batched, folder, args.device, cache=not args.no_cache, warm_up=True,
                          properties=properties(args))

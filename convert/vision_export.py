@@ -1,0 +1,196 @@
+"""GLM-4V-9B conversion steps: split the language IR for `inputs_embeds`, convert the vision tower.
+
+`export.convert` runs the language model through the same path as legacy glm-4-9b-chat (remap,
+optimum export, NNCF presets) and then calls `finish_vision`, which
+1. cuts the exported language IR in two: the token-embedding lookup becomes its own IR
+   (input_ids -> inputs_embeds) and the stateful language model takes `inputs_embeds` instead of
+   `input_ids` (position ids and attention mask stay inputs: the image tokens share one position);
+2. builds our PyTorch vision tower (`vision_reference`), converts it with `ov.convert_model` at the
+   static shape 1x3xSxS, and compresses it (INT8 for int4/int8 models, fp16 otherwise).
+The language export is finished and released before the vision tower is loaded, so the two are
+never in memory together.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+from glm4_edge.errors import ModelFormatError
+from glm4_edge.images import (
+    CLIP_MEAN,
+    CLIP_STD,
+    LANGUAGE_MODEL_XML,
+    TEXT_EMBEDDINGS_XML,
+    VISION_ENCODER_XML,
+)
+
+EXPORTED_XML = "openvino_model.xml"
+# Above this many float32 bytes the tower is traced in float16, so that a 4.3B-parameter tower needs
+# ~8.6 GB rather than ~17 GB. Not bfloat16 (the checkpoint's dtype): OpenVINO 2026.4.1 computes a
+# bf16-traced tower wrongly (NaN on the tiny test tower), an fp16-traced one within 1e-4 of float32;
+# the vision tower's weights are well inside fp16's range.
+FLOAT32_TRACE_LIMIT_BYTES = 4 << 30
+
+
+def check_source(folder: Path) -> None:
+    """Refuse a GLM-4V checkpoint whose vision part cannot convert, before the language model's long export:
+    an incomplete `vision_config`, or no `transformer.vision.*` tensor in its safetensors shards."""
+    from safetensors import safe_open
+
+    from .families import read_config, weight_files
+    from .vision_reference import VISION_PREFIX, VisionConfig
+
+    VisionConfig.of(read_config(folder))
+    for file in weight_files(folder):
+        if file.suffix != ".safetensors":
+            continue
+        with safe_open(str(file), framework="pt") as handle:
+            if any(name.startswith(VISION_PREFIX) for name in handle.keys()):
+                return
+    raise ModelFormatError(f"{folder} has a vision_config but no {VISION_PREFIX}* tensors in *.safetensors shards; "
+                           "download the checkpoint's safetensors files completely")
+
+
+def _embedding_gather(parameter):
+    """The Gather that looks up `input_ids` in the embedding table (through Converts)."""
+    frontier = [parameter]
+    while frontier:
+        node = frontier.pop()
+        for output in node.outputs():
+            for target in output.get_target_inputs():
+                consumer = target.get_node()
+                if consumer.get_type_name() == "Gather" and target.get_index() == 1:
+                    return consumer
+                if consumer.get_type_name() == "Convert":
+                    frontier.append(consumer)
+    raise ModelFormatError("the exported language model has no embedding lookup on input_ids; cannot split it")
+
+
+def split_language_model(out: Path) -> None:
+    """Turn `openvino_model.xml` into the text-embedding IR and the `inputs_embeds` language IR (in place)."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    core = ov.Core()
+    xml = out / EXPORTED_XML
+    model = core.read_model(xml)
+    parameter = model.input("input_ids").get_node()
+    gather = _embedding_gather(parameter)
+    gather.output(0).get_tensor().set_names({"inputs_embeds"})
+    embeddings = ov.Model([gather.output(0)], [parameter], "text_embeddings")
+    ov.save_model(embeddings, out / TEXT_EMBEDDINGS_XML, compress_to_fp16=False)
+    del embeddings, model, gather, parameter
+    gc.collect()
+
+    model = core.read_model(xml)  # fresh: the embedding model above shares nodes with the first read
+    parameter = model.input("input_ids").get_node()
+    gather = _embedding_gather(parameter)
+    hidden = gather.output(0).get_partial_shape()[2]
+    embeds = ops.parameter(ov.PartialShape([-1, -1, hidden]), gather.output(0).get_element_type(),
+                           name="inputs_embeds")
+    gather.output(0).replace(embeds.output(0))
+    embeds.output(0).get_tensor().set_names({"inputs_embeds"})  # after replace(), which moves the old names
+    # What else read input_ids only wanted its shape ([batch, sequence]): give it a tensor of that shape.
+    batch_sequence = ops.gather(ops.shape_of(embeds, "i64"), ops.constant([0, 1], ov.Type.i64),
+                                ops.constant(0, ov.Type.i64))
+    parameter.output(0).replace(ops.broadcast(ops.constant(0, ov.Type.i64), batch_sequence).output(0))
+    model.remove_parameter(parameter)
+    model.add_parameters([embeds])
+    model.validate_nodes_and_infer_types()
+    ov.save_model(model, out / LANGUAGE_MODEL_XML, compress_to_fp16=False)
+    del model
+    gc.collect()
+    for suffix in (".xml", ".bin"):
+        (out / EXPORTED_XML).with_suffix(suffix).unlink()
+
+
+def convert_vision_tower(source_folder: Path, out: Path, weight_format: str) -> str:
+    """Write the vision-encoder IR (pixel_values [1,3,S,S] f32 -> image_features [1,T,hidden]); its format."""
+    import nncf
+    import openvino as ov
+    import torch
+
+    from .families import read_config
+    from .vision_reference import VisionConfig, load_vision_tower
+
+    config = VisionConfig.of(read_config(source_folder))
+    tower_bytes = 4 * _vision_parameters(config)
+    dtype = torch.float32 if tower_bytes <= FLOAT32_TRACE_LIMIT_BYTES else torch.float16
+    tower = load_vision_tower(source_folder, dtype)
+    size = config.image_size
+    example = torch.zeros(1, config.in_channels, size, size, dtype=dtype)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer chatter about shape arithmetic, which the static shape makes exact
+        model = ov.convert_model(tower, example_input=example)
+    del tower
+    gc.collect()
+    model.reshape({model.inputs[0]: ov.PartialShape([1, config.in_channels, size, size])})
+    model.inputs[0].get_tensor().set_names({"pixel_values"})
+    model.outputs[0].get_tensor().set_names({"image_features"})
+    if dtype != torch.float32:  # the runtime feeds float32 pixels
+        from openvino.preprocess import PrePostProcessor
+
+        process = PrePostProcessor(model)
+        process.input().tensor().set_element_type(ov.Type.f32)
+        process.output().tensor().set_element_type(ov.Type.f32)
+        model = process.build()
+    vision_format = "fp16" if weight_format == "fp16" else "int8"
+    if vision_format == "int8":
+        model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    ov.save_model(model, out / VISION_ENCODER_XML, compress_to_fp16=True)
+    del model
+    gc.collect()
+    return vision_format
+
+
+def _vision_parameters(c) -> int:
+    h, ffn, th, tffn = c.hidden_size, c.intermediate_size, c.text_hidden_size, c.text_ffn_hidden_size
+    block = 4 * h * h + 2 * h * ffn
+    return c.num_hidden_layers * block + h * h + 4 * h * th + th * th + 3 * th * tffn
+
+
+def finish_vision(out: Path, source_folder: Path, tokenizer_folder: Path, weight_format: str,
+                  progress) -> dict[str, Any]:
+    """Split the language IR, convert the vision tower; the manifest's `vision` entry."""
+    from .families import read_config
+    from .vision_reference import VisionConfig
+
+    config = read_config(source_folder)
+    vision = VisionConfig.of(config)
+    progress("splitting the language model for image embeddings")
+    split_language_model(out)
+    progress("converting the vision encoder")
+    vision_format = convert_vision_tower(source_folder, out, weight_format)
+    ids = _special_ids(tokenizer_folder)
+    boi = int(config.get("boi_token_id", ids.get("<|begin_of_image|>", -1)))
+    eoi = int(config.get("eoi_token_id", ids.get("<|end_of_image|>", -1)))
+    if ids and (ids.get("<|begin_of_image|>") != boi or ids.get("<|end_of_image|>") != eoi):
+        raise ModelFormatError(f"{source_folder}: config.json's boi/eoi token ids ({boi}, {eoi}) are not the "
+                               "tokenizer's <|begin_of_image|>/<|end_of_image|>; re-download the checkpoint")
+    return {
+        "image_size": vision.image_size,
+        "patch_size": vision.patch_size,
+        "image_tokens": vision.image_tokens,
+        "feature_tokens": vision.feature_tokens,
+        "hidden_size": vision.text_hidden_size,
+        "boi_token_id": boi,
+        "eoi_token_id": eoi,
+        "placeholder_token_id": int(ids.get("<|endoftext|>", 151329)),
+        "mean": list(CLIP_MEAN),
+        "std": list(CLIP_STD),
+        "resample": "bicubic",
+        "position_ids": "shared",  # all image tokens at one position, as THUDM's modeling_chatglm.py
+        "weight_format": vision_format,
+    }
+
+
+def _special_ids(folder: Path) -> dict[str, int]:
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return {}
+    tokenizer = json.loads(path.read_text(encoding="utf-8"))
+    return {t["content"]: int(t["id"]) for t in tokenizer.get("added_tokens", [])}
