@@ -30,11 +30,14 @@ def test_generate_passes_pipeline_properties(scripted_model):
 
 def test_generate_reads_stdin_and_prints_json(scripted_model):
     result = subprocess.run([*CLI, "generate", str(scripted_model), "-p", "-", "--json", "--temperature", "0"],
-                            input="What is 2+2?", capture_output=True, text=True, timeout=120)
+                            input="What is 2+2?\n", capture_output=True, text=True, timeout=120)  # as `echo` writes it
     assert result.returncode == 0, result.stderr
     reply = json.loads(result.stdout)
     assert reply["text"] == REASONING_ANSWER and reply["reasoning"] == REASONING_THOUGHT
     assert reply["finish_reason"] == "stop" and reply["stats"]["prompt_tokens"] > 0
+    direct = subprocess.run([*CLI, "generate", str(scripted_model), "-p", "What is 2+2?", "--json"],
+                            capture_output=True, text=True, timeout=120)
+    assert json.loads(direct.stdout)["stats"]["prompt_tokens"] == reply["stats"]["prompt_tokens"]  # no newline
 
 
 def test_generate_batch_skips_bad_lines_and_resumes(tmp_path, scripted_model):

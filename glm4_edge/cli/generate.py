@@ -65,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
         return run_batch(args)
     if args.output is not None:
         raise BadParameterError("-o/--output goes with --batch; for one prompt, redirect standard output", "output")
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    # `echo ... | generate -p -` ends the text with a newline the user did not mean as part of the prompt
+    # (it changes the tokens the model sees, and a tiny model's answer with them).
+    prompt = sys.stdin.read().rstrip("\r\n") if args.prompt == "-" else args.prompt
     if not prompt.strip():
         raise BadParameterError("the prompt is empty", "prompt")
     options = {**sampling_options(args), "tools": read_tools(args.tools)}
