@@ -166,7 +166,17 @@ def unpack(archive: str | Path, *, name: str | None = None, force: bool = False,
         if isinstance(error, OSError) and not isinstance(error, tarfile.TarError) and error.filename:
             raise Glm4EdgeError(f"cannot unpack {archive}: {error.strerror} ({error.filename})") from None
         reason = (str(error).strip().splitlines() or [type(error).__name__])[-1].strip(" -")
+        if not _starts_like_tar(archive):  # not damaged: never an archive (a wrong path, say)
+            raise Glm4EdgeError(f"{archive} is not a tar archive, so not one `glm4-edge pack` made; give the "
+                                ".tar that pack wrote") from None
         raise Glm4EdgeError(f"{archive} is truncated or corrupted ({reason}); copy it again") from None
+
+
+def _starts_like_tar(archive: Path) -> bool:
+    try:
+        return tarfile.is_tarfile(archive)
+    except OSError:
+        return False
 
 
 def _check_members(archive: Path, tar: tarfile.TarFile,

@@ -277,7 +277,7 @@ def test_unpack_refuses_damaged_or_unsafe_archives_and_adds_nothing(home, script
 
     for archive, words in ((corrupted, ["failed verification", "openvino_model.bin", "SHA-256"]),
                            (truncated, ["truncated or corrupted"]),
-                           (garbage, ["truncated or corrupted"]),
+                           (garbage, ["not a tar archive", "pack"]),
                            (escape, ["refusing", "outside the model folder"]),
                            (link, ["refusing", "link"]),
                            (tmp_path / "missing.tar", ["no such archive"])):
