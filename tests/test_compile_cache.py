@@ -43,6 +43,7 @@ def listing(env) -> dict:
 
 
 def test_cpu_uses_no_cache_until_warmed_then_the_keyed_entry(env, model, tmp_path):
+    assert "is empty" in devices(env, "--cache").stdout and "--warm-cache" in devices(env, "--cache").stdout
     from glm4_edge import compile_cache
     from glm4_edge.model import plan_load
 
@@ -93,6 +94,7 @@ def test_stale_entries_are_reported_and_pruned_the_rest_kept(env, model, tmp_pat
     assert pruned.returncode == 0 and "pruned 3 stale entries" in pruned.stdout
     left = listing(env)["entries"]
     assert [e["status"] for e in left] == ["device absent"]
+    assert "nothing to prune" in devices(env, "--cache", "--prune").stdout
     assert not old_entry.exists() and not (root / "12345.blob").exists()
 
 

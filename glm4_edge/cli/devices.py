@@ -139,6 +139,10 @@ def _cache(args: argparse.Namespace) -> int:
         print(json.dumps({"root": str(cache_root()), "entries": [row(e) for e in listed],
                           "removed": [row(e) for e in removed]}, indent=2))
         return 0
+    if not listed and not removed:
+        print(f"the compile cache at {cache_root()} is empty: GPU and NPU fill it on first load; for the CPU, "
+              "`glm4-edge devices --warm-cache MODEL --device CPU` makes one")
+        return 0
     table = Table(title=f"compile cache: {cache_root()}")
     for column in ("model", "device", "OpenVINO", "driver", "size", "last used", "status"):
         table.add_column(column, overflow="fold", no_wrap=column in ("device", "size"))
@@ -155,6 +159,8 @@ def _cache(args: argparse.Namespace) -> int:
               f"{freed / BYTES_PER_MB:,.1f} MB freed")
     elif not args.prune and any(e.stale for e in listed):
         print("stale entries can never be used again: glm4-edge devices --cache --prune")
+    elif args.prune:
+        print("nothing to prune: no entry is stale")
     return 0
 
 
