@@ -5,8 +5,8 @@ and a count `n` and returns the same cases for the same arguments on every machi
 
     addition_cases(seed, n)  "What is 23+45?"      -> "23+45=68."          expected "68"
                              "23加45等于多少？"       -> "23加45等于68。"      expected "68"
-    recall_cases(seed, n)    "My name is Kavo." ... "What is my name?" -> "Your name is Kavo."
-                             "我叫Kavo。" ... "我叫什么名字？"          -> "你叫Kavo。"
+    recall_cases(seed, n)    "My name is Lumeri." ... "What is my name?" -> "Your name is Lumeri."
+                             "我叫Lumeri。" ... "我叫什么名字？"          -> "你叫Lumeri。"
     greeting_cases(seed, n)  "Hello!" -> "Hello! How can I help you?"
                              "你好"    -> "你好！有什么可以帮你的吗？"
 
@@ -74,7 +74,7 @@ def is_held_out_name(name: str) -> bool:
 
 def latin_name(rng: random.Random) -> str:
     """A capitalised Latin name: 2-3 consonant-vowel syllables, sometimes closed by a consonant
-    (`Kavo`, `Lumeri`, `Wyqen`), or 2-4 letters from the whole alphabet (`Xq`, `Jtzo`)."""
+    (`Lumeri`, `Wyqen`), or 2-4 letters from the whole alphabet (`Xq`, `Jtzo`)."""
     if rng.random() < _ANY_LETTERS_SHARE:
         name = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 4)))
     else:
