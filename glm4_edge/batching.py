@@ -305,15 +305,9 @@ class BatchedModel(Model):
                 request.cancel.set()  # the consumer left early: the engine stops it at its next step
         if done.error is not None:
             raise done.error
-        tail_text = matcher.flush() if not matcher.stopped else ""
         stats = self._stats(SimpleNamespace(perf_metrics=done.perf_metrics), prompt_tokens,
                             time.perf_counter() - started)
-        if not parse:
-            tail, calls = glm_format.ParsedPiece(text=tail_text), []
-        else:
-            tail = parser.feed(tail_text)
-            rest, calls = parser.finish()
-            tail = glm_format.ParsedPiece(tail.text + rest.text, tail.reasoning + rest.reasoning)
+        tail, calls = glm_format.finish_answer(matcher, parser if parse else None)
         reason = finish_reason(cancelled=done.cancelled, tool_calls=bool(calls), stop_string=matcher.stopped,
                                ended=done.ended, last_token=done.last_token, stop_token_ids=self.stop_token_ids,
                                generated=stats.generated_tokens, max_new_tokens=options.max_new_tokens)

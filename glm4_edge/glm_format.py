@@ -433,6 +433,17 @@ class ReplyParser:
         return piece, []
 
 
+def finish_answer(matcher: StopMatcher, parser: ReplyParser | None) -> tuple[ParsedPiece, list[ToolCall]]:
+    """The end of a streamed answer: what the stop matcher held back, through `parser` (None: raw text),
+    joined with what the parser held back; and the tool calls it found. Every generation loop ends so."""
+    tail_text = matcher.flush() if not matcher.stopped else ""
+    if parser is None:
+        return ParsedPiece(text=tail_text), []
+    tail = parser.feed(tail_text)
+    rest, calls = parser.finish()
+    return ParsedPiece(tail.text + rest.text, tail.reasoning + rest.reasoning), calls
+
+
 _TOOL_CALL = re.compile(r"^\s*([^\n{]+?)\s*\n(.*)$", re.S)
 
 

@@ -280,12 +280,7 @@ class Model:
             finally:
                 if stream.outcome.result is None and stream.outcome.error is None:
                     stream.close()  # the consumer left early: stop generating before releasing the lock
-            tail_text = matcher.flush() if not matcher.stopped else ""
-            if parse:
-                tail = parser.feed(tail_text)
-                rest, calls = parser.finish()
-            else:
-                tail, rest, calls = glm_format.ParsedPiece(text=tail_text), glm_format.ParsedPiece(), []
+            tail, calls = glm_format.finish_answer(matcher, parser if parse else None)
             result = stream.outcome.result
             stats = self._stats(result, prompt_tokens, time.perf_counter() - started)
             tokens = list(result.tokens[0]) if result is not None and len(result.tokens) else []
@@ -297,7 +292,7 @@ class Model:
             if prefill_s and stats.ttft_s is not None:  # the chunks were part of reading the prompt
                 stats.ttft_s += prefill_s
                 stats.prefill_tokens_per_s = prompt_tokens / stats.ttft_s
-            yield Chunk(text=tail.text + rest.text, reasoning=tail.reasoning + rest.reasoning,
+            yield Chunk(text=tail.text, reasoning=tail.reasoning,
                         finish_reason=reason, tool_calls=[c.as_dict() for c in calls] or None, stats=stats,
                         stop_sequence=matcher.matched)
 

@@ -267,12 +267,7 @@ class VisionModel(Model):
                     next_position += 1
             finally:
                 finished_at = time.perf_counter()
-            tail_text = matcher.flush() if not matcher.stopped else ""
-            if parse:
-                tail = parser.feed(tail_text)
-                rest, calls = parser.finish()
-            else:
-                tail, rest, calls = glm_format.ParsedPiece(text=tail_text), glm_format.ParsedPiece(), []
+            tail, calls = glm_format.finish_answer(matcher, parser if parse else None)
             stats = GenerationStats(prompt_tokens=prompt_tokens, generated_tokens=len(generated),
                                     ttft_s=first_at - started, total_s=finished_at - started, load_s=self.load_s,
                                     device=self.device, peak_memory_bytes=peak_rss_bytes(),
@@ -284,7 +279,7 @@ class VisionModel(Model):
                                    ended=ended, last_token=generated[-1] if generated else None,
                                    stop_token_ids=self.stop_token_ids, generated=len(generated),
                                    max_new_tokens=options.max_new_tokens)
-            yield Chunk(text=tail.text + rest.text, reasoning=tail.reasoning + rest.reasoning, finish_reason=reason,
+            yield Chunk(text=tail.text, reasoning=tail.reasoning, finish_reason=reason,
                         tool_calls=[c.as_dict() for c in calls] or None, stats=stats)
 
 
