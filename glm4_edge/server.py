@@ -1031,7 +1031,14 @@ class OpenAIServer:
         return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
     def _model_card(self) -> dict[str, Any]:
-        return {"id": self.config.model_name, "object": "model", "created": self.created, "owned_by": OWNER}
+        """OpenAI's model object, plus what the model takes in (vLLM-style extra fields clients ignore):
+        `glm4_edge.input_modalities` is ["text", "image"] for GLM-4V models. Before the model has loaded
+        it cannot say, so the extra field is left out."""
+        card = {"id": self.config.model_name, "object": "model", "created": self.created, "owned_by": OWNER}
+        if self.model is not None:
+            card["glm4_edge"] = {"input_modalities": ["text", "image"] if self.model.accepts_images else ["text"],
+                                 "context_length": self.model.context_length}
+        return card
 
     async def list_models(self, request):
         from starlette.responses import JSONResponse

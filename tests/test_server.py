@@ -239,6 +239,7 @@ def test_models_and_health(scripted_server, scripted_model):
     assert client.models.retrieve("glm-test").id == "glm-test"
     with scripted_server.http() as http:
         assert http.get("/health").json() == {"status": "ok", "model": "glm-test"}
+        assert http.get("/v1/models").json()["data"][0]["glm4_edge"]["input_modalities"] == ["text"]
     # The model's own name (from its manifest) still works next to --model-name.
     from glm4_edge.manifest import read_manifest
 

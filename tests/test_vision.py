@@ -464,6 +464,8 @@ def test_server_takes_image_url_parts(converted, model, tmp_path):
     server = start_server(converted, tmp_path / "serve.log", "--max-concurrency", "2")
     try:
         with server.http() as http:
+            card = http.get("/v1/models").json()["data"][0]
+            assert card["glm4_edge"]["input_modalities"] == ["text", "image"]
             answer = http.post("/v1/chat/completions", json={"messages": [image_turn("What is this?", url)],
                                                              "max_tokens": 6, "temperature": 0})
             assert answer.status_code == 200, answer.text
