@@ -45,7 +45,7 @@ _FIELD = {"stop": "stop_sequences", "response_format": "output_config.format",
 
 
 def bad_field(field: str, message: str):
-    from .server import bad_param
+    from .server_common import bad_param
 
     return bad_param(field, message if message.startswith(field) else f"{field}: {message}")
 
@@ -354,7 +354,8 @@ def _response_format(config: OutputConfig | None) -> dict[str, Any] | None:
 
 def parse_messages(body: dict[str, Any], *, counting: bool = False) -> AnthropicRequest:
     """A /v1/messages body -> the server's chat request; raises ApiError (400) naming a bad field."""
-    from .server import ApiError, parse_chat
+    from .server import parse_chat
+    from .server_common import ApiError
 
     check_fields(body)
     request = _validate(MessagesRequest, body, "")

@@ -9,19 +9,14 @@ thread has really finished, so a client that left cannot leave a generation runn
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
-import math
 import os
-import re
 import socket
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,8 +27,20 @@ from .errors import BadParameterError, ContextOverflowError, Glm4EdgeError
 from .fallback import StaticShapeError
 from .images import IMAGE_PART_TYPES
 from .json_grammar import ToolCallGrammar
-from .model import Chunk, GenerationStats, Model, openvino_reason
+from .model import Chunk, Model
 from .options import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, check_number, stop_list
+from .server_common import LOG, ApiError, _first_line, bad_param
+from .server_metrics import Metrics
+from .server_openai_format import (
+    Collected,
+    _ChatFormat,
+    _CompletionFormat,
+    _Format,
+    _LegacyChatFormat,
+    _sse,
+)
+from .server_scheduling import ClientGone, DisconnectWatch, Generation, Scheduler
+from .server_schema import check_json_schema
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -42,35 +49,13 @@ DEFAULT_MAX_BODY_BYTES = 8 * 2**20  # ~2M tokens of text: far beyond any context
 API_KEY_ENV = "GLM4_EDGE_API_KEY"
 SHUTDOWN_GRACE_S = 5
 OWNER = "glm4-edge"
-# A child of uvicorn's logger: our lines share its handler, format and --log-level.
-LOG = logging.getLogger("uvicorn.error.glm4_edge")
 
-TTFT_BUCKETS_S = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-TOKENS_PER_S_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
-QUEUE_WAIT_BUCKETS_S = (0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0)
 
 # Chat-only fields a raw completion cannot honour.
 CHAT_ONLY = ("messages", "tools", "tool_choice", "parallel_tool_calls")
 
 
 # --- errors ------------------------------------------------------------------------------------------
-
-
-class ApiError(Exception):
-    """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
-
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error", headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
-        self.headers = headers
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
-
-
-def bad_param(param: str, message: str, code: str = "invalid_value") -> ApiError:
-    return ApiError(400, message, param=param, code=code)
 
 
 # Model.stream names options as the Python API does; clients know OpenAI's names.
@@ -90,112 +75,6 @@ def _from_glm4_edge_error(error: Glm4EdgeError) -> ApiError:
         param = _OPENAI_PARAM.get(error.param or "", error.param)
         return ApiError(400, str(error), param=param, code="invalid_value")
     return ApiError(400, str(error))
-
-
-# --- metrics -----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Histogram:
-    buckets: tuple[float, ...]
-    counts: list[int] = field(default_factory=list)  # cumulative, one per bucket
-    total: float = 0.0
-    count: int = 0
-
-    def __post_init__(self) -> None:
-        self.counts = [0] * len(self.buckets)
-
-    def observe(self, value: float) -> None:
-        for index, bound in enumerate(self.buckets):
-            if value <= bound:
-                self.counts[index] += 1
-        self.total += value
-        self.count += 1
-
-    def lines(self, name: str, help_text: str) -> list[str]:
-        out = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
-        pairs = zip(self.buckets, self.counts, strict=True)
-        out += [f'{name}_bucket{{le="{bound:g}"}} {n}' for bound, n in pairs]
-        out += [f'{name}_bucket{{le="+Inf"}} {self.count}', f"{name}_sum {self.total:.6f}",
-                f"{name}_count {self.count}"]
-        return out
-
-
-class Metrics:
-    """Prometheus text exposition, hand-written: a few counters, gauges and histograms."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()  # worker threads record generations, the loop records requests
-        self.in_flight = 0
-        self.queued = 0
-        self.model_ready = 0
-        self.requests: dict[tuple[str, int], int] = {}
-        self.prompt_tokens = 0
-        self.generated_tokens = 0
-        self.generations = 0
-        self.cancelled = 0
-        self.fallbacks = 0
-        self.ttft = Histogram(TTFT_BUCKETS_S)
-        self.tokens_per_s = Histogram(TOKENS_PER_S_BUCKETS)
-        self.queue_wait = Histogram(QUEUE_WAIT_BUCKETS_S)
-
-    def add(self, name: str, delta: int = 1) -> None:
-        with self._lock:
-            setattr(self, name, getattr(self, name) + delta)
-
-    def request_done(self, path: str, status: int) -> None:
-        with self._lock:
-            self.requests[(path, status)] = self.requests.get((path, status), 0) + 1
-
-    def waited(self, seconds: float) -> None:
-        with self._lock:
-            self.queue_wait.observe(seconds)
-
-    def generation_done(self, stats: GenerationStats | None, cancelled: bool) -> None:
-        with self._lock:
-            self.generations += 1
-            self.cancelled += int(cancelled)
-            if stats is None:
-                return
-            self.prompt_tokens += stats.prompt_tokens
-            self.fallbacks += int(bool(stats.fallback))
-            self.generated_tokens += stats.generated_tokens
-            if stats.ttft_s is not None:
-                self.ttft.observe(stats.ttft_s)
-            if stats.tokens_per_s:
-                self.tokens_per_s.observe(stats.tokens_per_s)
-
-    def render(self) -> str:
-        with self._lock:
-            out: list[str] = []
-
-            def scalar(name: str, kind: str, help_text: str, value: float) -> None:
-                out.extend([f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"])
-
-            scalar("glm4_edge_model_ready", "gauge", "1 once the model is loaded.", self.model_ready)
-            scalar("glm4_edge_requests_in_flight", "gauge", "Generations running now.", self.in_flight)
-            scalar("glm4_edge_requests_queued", "gauge", "Requests waiting for a generation slot.",
-                   self.queued)
-            out += ["# HELP glm4_edge_requests_total HTTP requests answered, by path and status.",
-                    "# TYPE glm4_edge_requests_total counter"]
-            out += [f'glm4_edge_requests_total{{path="{path}",status="{status}"}} {n}'
-                    for (path, status), n in sorted(self.requests.items())]
-            scalar("glm4_edge_generations_total", "counter", "Generations finished (any reason).",
-                   self.generations)
-            scalar("glm4_edge_generations_cancelled_total", "counter",
-                   "Generations stopped because the client left.", self.cancelled)
-            scalar("glm4_edge_fallback_generations_total", "counter",
-                   "Generations answered on the fallback device (over the NPU's static shape).", self.fallbacks)
-            scalar("glm4_edge_prompt_tokens_total", "counter", "Prompt tokens processed.", self.prompt_tokens)
-            scalar("glm4_edge_generated_tokens_total", "counter",
-                   "Tokens generated (counted when each generation ends).", self.generated_tokens)
-            out += self.ttft.lines("glm4_edge_time_to_first_token_seconds",
-                                   "Time from generation start to the first token.")
-            out += self.tokens_per_s.lines("glm4_edge_decode_tokens_per_second",
-                                           "Decode rate after the first token, per generation.")
-            out += self.queue_wait.lines("glm4_edge_queue_wait_seconds",
-                                         "Time a request waited for a generation slot.")
-            return "\n".join(out) + "\n"
 
 
 # --- requests ----------------------------------------------------------------------------------------
@@ -328,174 +207,6 @@ def _json_schema(body: dict) -> str | None:
         return json.dumps(schema)
     raise bad_param("response_format", f"response_format type {kind!r} is not supported; use text, "
                                        "json_object or json_schema")
-
-
-# --- JSON schemas for structured output ---------------------------------------------------------------
-#
-# xgrammar compiles the schema inside the pipeline's first step. A schema it rejects fails that step,
-# and a ContinuousBatchingPipeline does not recover: every request in the batch fails and the pipeline
-# refuses further work. So schemas are checked here first, against what xgrammar is known to handle;
-# keywords it would silently ignore ("not", "multipleOf", ...) are refused rather than dropped.
-
-SCHEMA_TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
-SCHEMA_ANNOTATIONS = ("title", "description", "default", "examples", "$schema", "$id", "$comment",
-                      "deprecated", "readOnly", "writeOnly")
-SCHEMA_KEYWORDS = ("type", "properties", "required", "additionalProperties", "items", "prefixItems",
-                   "minItems", "maxItems", "minLength", "maxLength", "pattern", "format", "minimum",
-                   "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "const", "anyOf", "oneOf",
-                   "allOf", "$ref", "$defs", "definitions")
-SCHEMA_FORMATS = ("date-time", "date", "time", "email", "uuid", "ipv4", "ipv6", "uri", "hostname")
-PATTERN_ESCAPES = set("dDwWsSnrtfvux") | set(".\\/-^$|?*+()[]{}")
-PATTERN_REPEAT = re.compile(r"\{\d+(,\d*)?\}")
-SCHEMA_MAX_NODES = 2000
-SCHEMA_MAX_DEPTH = 32
-
-
-class _SchemaChecker:
-    def __init__(self, root: dict, param: str):
-        self.root, self.param, self.nodes = root, param, 0
-
-    def fail(self, where: str, message: str) -> ApiError:
-        return bad_param(self.param, f"{self.param}: JSON schema at {where}: {message}")
-
-    def check(self, schema: Any, where: str = "#", depth: int = 0) -> None:
-        self.nodes += 1
-        if self.nodes > SCHEMA_MAX_NODES or depth > SCHEMA_MAX_DEPTH:
-            raise self.fail(where, f"too large (over {SCHEMA_MAX_NODES} nodes or {SCHEMA_MAX_DEPTH} levels)")
-        if not isinstance(schema, dict):
-            raise self.fail(where, "must be an object")
-        for key in schema:
-            if key not in SCHEMA_KEYWORDS and key not in SCHEMA_ANNOTATIONS:
-                raise self.fail(where, f"keyword {key!r} is not supported by structured output here")
-        kinds = schema.get("type", [])
-        for kind in kinds if isinstance(kinds, list) else [kinds]:
-            if kind not in SCHEMA_TYPES:
-                raise self.fail(where, f"type {kind!r} is not one of {', '.join(SCHEMA_TYPES)}")
-        if isinstance(kinds, list) and "type" in schema and not kinds:
-            raise self.fail(where, "type must not be an empty list")
-        self._children(schema, where, depth)
-        self._ranges(schema, where)
-        if "pattern" in schema:
-            self._pattern(schema["pattern"], where)
-        if "format" in schema and schema["format"] not in SCHEMA_FORMATS:
-            raise self.fail(where, f"format {schema['format']!r} is not one of {', '.join(SCHEMA_FORMATS)}")
-        if "$ref" in schema:
-            self._ref(schema["$ref"], where)
-
-    def _children(self, schema: dict, where: str, depth: int) -> None:
-        properties = schema.get("properties", {})
-        if not isinstance(properties, dict):
-            raise self.fail(where, "properties must be an object")
-        for name, child in properties.items():
-            self.check(child, f"{where}/properties/{name}", depth + 1)
-        required = schema.get("required", [])
-        if not isinstance(required, list) or not all(isinstance(name, str) for name in required):
-            raise self.fail(where, "required must be a list of property names")
-        for key in ("additionalProperties", "items"):
-            child = schema.get(key, True)
-            if not isinstance(child, bool):
-                self.check(child, f"{where}/{key}", depth + 1)
-        for key in ("$defs", "definitions"):
-            children = schema.get(key, {})
-            if not isinstance(children, dict):
-                raise self.fail(where, f"{key} must be an object")
-            for name, child in children.items():
-                self.check(child, f"{where}/{key}/{name}", depth + 1)
-        for key in ("prefixItems", "anyOf", "oneOf", "allOf"):
-            if key not in schema:
-                continue
-            children = schema[key]
-            if not isinstance(children, list) or not children:
-                raise self.fail(where, f"{key} must be a non-empty list of schemas")
-            if key == "allOf" and len(children) > 1:
-                raise self.fail(where, "allOf with more than one schema is not supported; merge them")
-            for index, child in enumerate(children):
-                self.check(child, f"{where}/{key}/{index}", depth + 1)
-        if "enum" in schema and (not isinstance(schema["enum"], list) or not schema["enum"]):
-            raise self.fail(where, "enum must be a non-empty list")
-
-    def _ranges(self, schema: dict, where: str) -> None:
-        for low_key, high_key in (("minLength", "maxLength"), ("minItems", "maxItems")):
-            low, high = schema.get(low_key, 0), schema.get(high_key)
-            for key, value in ((low_key, low), (high_key, high)):
-                if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                    raise self.fail(where, f"{key} must be a non-negative integer")
-            if high is not None and low > high:
-                raise self.fail(where, f"{low_key} {low} is greater than {high_key} {high}")
-        bounds = {}
-        for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
-            if key in schema:
-                value = schema[key]
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise self.fail(where, f"{key} must be a number")
-                bounds[key] = value
-        if schema.get("type") == "integer":  # the integers within the bounds
-            lows = [math.ceil(bounds["minimum"])] if "minimum" in bounds else []
-            lows += [math.floor(bounds["exclusiveMinimum"]) + 1] if "exclusiveMinimum" in bounds else []
-            highs = [math.floor(bounds["maximum"])] if "maximum" in bounds else []
-            highs += [math.ceil(bounds["exclusiveMaximum"]) - 1] if "exclusiveMaximum" in bounds else []
-            empty = bool(lows and highs) and max(lows) > min(highs)
-        else:  # (value, exclusive): the tightest bound on each side
-            lows = [(bounds[k], k.startswith("exclusive")) for k in ("minimum", "exclusiveMinimum")
-                    if k in bounds]
-            highs = [(bounds[k], k.startswith("exclusive")) for k in ("maximum", "exclusiveMaximum")
-                     if k in bounds]
-            low = max(lows, default=None)
-            high = min(highs, key=lambda bound: (bound[0], not bound[1]), default=None)
-            empty = low is not None and high is not None and (
-                low[0] > high[0] or (low[0] == high[0] and (low[1] or high[1])))
-        if empty:
-            raise self.fail(where, "no value fits between its minimum and maximum")
-
-    def _pattern(self, pattern: Any, where: str) -> None:
-        if not isinstance(pattern, str):
-            raise self.fail(where, "pattern must be a string")
-        # xgrammar's regex dialect is narrower than Python's (no \\b, no lookaround, no {,n}): allow the
-        # common core it parses, and let Python's parser catch what is malformed.
-        index, in_class = 0, False
-        while index < len(pattern):
-            char = pattern[index]
-            if char == "\\":
-                escape = pattern[index + 1:index + 2]
-                length = {"u": 4, "x": 2}.get(escape, 0)
-                digits = pattern[index + 2:index + 2 + length]
-                if escape not in PATTERN_ESCAPES or len(digits) != length or not all(
-                        d in "0123456789abcdefABCDEF" for d in digits):
-                    raise self.fail(where, f"pattern escape \\{escape} is not supported")
-                index += 2 + length
-                continue
-            if in_class:
-                if char == "[":
-                    raise self.fail(where, "pattern may not nest [ inside a character class")
-                in_class = char != "]"
-            elif char == "[":
-                in_class = True
-                index += 2 if pattern[index + 1:index + 2] == "]" else 1  # "[]...]": the ] is literal
-                continue
-            elif char == "(" and pattern[index + 1:index + 2] == "?":
-                raise self.fail(where, "pattern may not use (?...) groups")
-            elif char == "{" and not PATTERN_REPEAT.match(pattern, index):
-                raise self.fail(where, "pattern repeats must be {n}, {n,} or {n,m}")
-            index += 1
-        try:
-            re.compile(pattern)
-        except re.error as error:
-            raise self.fail(where, f"pattern {pattern!r} is not a valid regular expression "
-                                   f"({error})") from None
-
-    def _ref(self, ref: Any, where: str) -> None:
-        parts = ref.split("/") if isinstance(ref, str) else []
-        if len(parts) != 3 or parts[0] != "#" or parts[1] not in ("$defs", "definitions"):
-            raise self.fail(where, "$ref must point into this schema: '#/$defs/NAME'")
-        if not isinstance(self.root.get(parts[1]), dict) or parts[2] not in self.root[parts[1]]:
-            raise self.fail(where, f"$ref {ref!r} names no definition")
-
-
-def check_json_schema(schema: Any, param: str = "response_format") -> None:
-    """Raise a 400 naming `param` unless xgrammar can compile `schema` and honour all of it."""
-    if not isinstance(schema, dict):
-        raise bad_param(param, f"{param}: the JSON schema must be an object")
-    _SchemaChecker(schema, param).check(schema)
 
 
 def _stream_flags(body: dict) -> tuple[bool, bool]:
@@ -663,197 +374,6 @@ def _open_chat(model: Model, request: ChatRequest, cancel: threading.Event) -> I
 def open_completion(model: Model, request: CompletionRequest, cancel: threading.Event) -> Iterator[Chunk]:
     return stream_prompt(model, request.prompt, request.sampling, cancel, parse=False,
                          json_schema=request.json_schema)
-
-
-# --- async bridge ------------------------------------------------------------------------------------
-
-
-class ClientGone(Exception):
-    """The client disconnected; nobody is left to answer."""
-
-
-_END = object()
-
-
-@dataclass
-class _Failure:
-    error: BaseException
-
-
-class Generation:
-    """One request's chunks, produced by a worker thread and read on the event loop."""
-
-    def __init__(self, cancel: threading.Event):
-        self.cancel = cancel
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.ended = False
-
-    async def next(self) -> Chunk | None:
-        """The next chunk; None after the last; re-raises what the worker raised."""
-        if self.ended:
-            return None
-        item = await self.queue.get()
-        if item is _END:
-            self.ended = True
-            return None
-        if isinstance(item, _Failure):
-            self.ended = True
-            raise item.error
-        return item
-
-
-class DisconnectWatch:
-    """Sets `cancel` when the client disconnects, and lets awaits give up when it does."""
-
-    def __init__(self, receive: Callable, cancel: threading.Event):
-        self._receive = receive
-        self._cancel = cancel
-        self.gone = asyncio.Event()
-        self._task = asyncio.ensure_future(self._watch())
-
-    async def _watch(self) -> None:
-        while True:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                self._cancel.set()
-                self.gone.set()
-                return
-
-    async def wait_gone(self) -> dict[str, str]:
-        """An ASGI `receive` for code that listens for the disconnect while this watch reads."""
-        await self.gone.wait()
-        return {"type": "http.disconnect"}
-
-    async def race(self, awaitable) -> Any:
-        work = asyncio.ensure_future(awaitable)
-        gone = asyncio.ensure_future(self.gone.wait())
-        done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-        gone.cancel()
-        if work in done:
-            return work.result()
-        work.cancel()
-        raise ClientGone
-
-    def stop(self) -> None:
-        self._task.cancel()
-
-
-class Scheduler:
-    """At most `max_concurrency` generations at once; the rest wait in FIFO order (asyncio.Semaphore)."""
-
-    def __init__(self, max_concurrency: int, metrics: Metrics):
-        self.metrics = metrics
-        self._slots = asyncio.Semaphore(max_concurrency)
-        self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="glm4-edge-request")
-        self._active: set[threading.Event] = set()
-
-    async def start(self, stream: Iterator[Chunk], cancel: threading.Event,
-                    watch: DisconnectWatch) -> Generation:
-        """Wait for a slot (giving up if the client leaves), then run `stream` in a worker thread."""
-        queued_at = time.perf_counter()
-        self.metrics.add("queued")
-        try:
-            await watch.race(self._slots.acquire())
-        except ClientGone:
-            stream.close()  # type: ignore[attr-defined]
-            self.metrics.add("cancelled")  # left while queued: a cancelled request all the same
-            raise
-        finally:
-            self.metrics.add("queued", -1)
-        self.metrics.waited(time.perf_counter() - queued_at)
-        self.metrics.add("in_flight")
-        self._active.add(cancel)
-        generation = Generation(cancel)
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self._work, stream, generation, loop)
-        future.add_done_callback(lambda _: self._finished(cancel))
-        return generation
-
-    def _finished(self, cancel: threading.Event) -> None:
-        self._active.discard(cancel)
-        self.metrics.add("in_flight", -1)
-        self._slots.release()
-
-    def _work(self, stream: Iterator[Chunk], generation: Generation, loop: asyncio.AbstractEventLoop) -> None:
-        def hand_over(item: Any) -> None:
-            try:
-                loop.call_soon_threadsafe(generation.queue.put_nowait, item)
-            except RuntimeError:  # the loop closed during shutdown: nobody to tell
-                pass
-
-        stats, reason = None, None
-        try:
-            if generation.cancel.is_set():  # the client left while this request was queued
-                reason = "cancelled"
-                return
-            for chunk in stream:
-                if chunk.finish_reason:
-                    stats, reason = chunk.stats, chunk.finish_reason
-                hand_over(chunk)
-        except BaseException as error:  # handed to the request, which answers with an error
-            LOG.warning("generation failed: %s", _first_line(error))
-            LOG.debug("generation failure", exc_info=True)
-            hand_over(_Failure(error))
-        finally:
-            stream.close()  # type: ignore[attr-defined]
-            self.metrics.generation_done(stats, reason == "cancelled" or generation.cancel.is_set())
-            hand_over(_END)
-
-    def cancel_all(self) -> None:
-        for cancel in list(self._active):
-            cancel.set()
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-# --- responses ---------------------------------------------------------------------------------------
-
-
-def _usage(stats: GenerationStats | None) -> dict[str, int]:
-    prompt = stats.prompt_tokens if stats else 0
-    completion = stats.generated_tokens if stats else 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def _served_by(stats: GenerationStats | None) -> dict[str, Any]:
-    """An extra response field when the request ran on the fallback device; clients may ignore it."""
-    if stats is None or not stats.fallback:
-        return {}
-    return {"glm4_edge": {"device": stats.device, "fallback": stats.fallback}}
-
-
-def _finish_reason(reason: str | None) -> str:
-    return "stop" if reason in (None, "cancelled") else reason
-
-
-def _openai_tool_calls(calls: list[dict[str, str]], streaming: bool) -> list[dict[str, Any]]:
-    out = []
-    for index, call in enumerate(calls):
-        entry: dict[str, Any] = {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                                 "function": {"name": call["name"], "arguments": call["arguments"]}}
-        out.append({"index": index, **entry} if streaming else entry)
-    return out
-
-
-@dataclass
-class Collected:
-    text: str = ""
-    reasoning: str = ""
-    tool_calls: list[dict[str, str]] = field(default_factory=list)
-    finish_reason: str | None = None
-    stats: GenerationStats | None = None
-
-    def add(self, chunk: Chunk) -> None:
-        self.text += chunk.text
-        self.reasoning += chunk.reasoning
-        if chunk.finish_reason:
-            self.finish_reason, self.stats = chunk.finish_reason, chunk.stats
-            self.tool_calls = chunk.tool_calls or []
-
-
-def _sse(payload: dict[str, Any] | str) -> str:
-    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False,
-                                                               separators=(",", ":"))
-    return f"data: {data}\n\n"
 
 
 # --- the application ---------------------------------------------------------------------------------
@@ -1156,14 +676,6 @@ class _EventStream:
             await self.body.aclose()  # type: ignore[attr-defined]
 
 
-# xgrammar prefixes its messages with "[hh:mm:ss] /build/path/file.cc:123: ": noise to a client.
-_NATIVE_PREFIX = re.compile(r"^(\[[\d:]+\]\s*)?(\S+\.(cc|cpp|hpp|h):\d+:\s*)?")
-
-
-def _first_line(error: BaseException) -> str:
-    return _NATIVE_PREFIX.sub("", openvino_reason(error, limit=500))
-
-
 def _status_code(error) -> str | None:
     return {404: "not_found", 405: "method_not_allowed"}.get(error.status_code)
 
@@ -1197,112 +709,6 @@ class _CountRequests:
 KNOWN_PATHS = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/responses",
                *server_anthropic.PATHS)
 ANTHROPIC_HEADERS = ("X-Api-Key", "Anthropic-Version", "Anthropic-Beta")
-
-
-# --- OpenAI wire formats -----------------------------------------------------------------------------
-
-
-class _Format:
-    object_name = ""
-    prefix = ""
-
-    def __init__(self, model_name: str):
-        self.model_name = model_name
-        self.id = f"{self.prefix}-{uuid.uuid4().hex[:24]}"
-        self.created = int(time.time())
-
-    def _envelope(self, choices: list[dict[str, Any]], streaming: bool, **extra: Any) -> dict[str, Any]:
-        name = self.object_name + (".chunk" if streaming and self.object_name == "chat.completion" else "")
-        return {"id": self.id, "object": name, "created": self.created, "model": self.model_name,
-                "choices": choices, **extra}
-
-    def usage(self, stats: GenerationStats | None) -> dict[str, Any]:
-        return self._envelope([], True, usage=_usage(stats))
-
-    def opening(self, include_usage: bool) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def pieces(self, chunk: Chunk, include_usage: bool) -> list[dict[str, Any]]:
-        raise NotImplementedError
-
-    def whole(self, reply: Collected) -> dict[str, Any]:
-        raise NotImplementedError
-
-
-class _ChatFormat(_Format):
-    object_name = "chat.completion"
-    prefix = "chatcmpl"
-
-    def _chunk(self, delta: dict[str, Any], finish: str | None, include_usage: bool) -> dict[str, Any]:
-        extra = {"usage": None} if include_usage else {}
-        return self._envelope([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], True,
-                              **extra)
-
-    def opening(self, include_usage: bool) -> dict[str, Any]:
-        return self._chunk({"role": "assistant", "content": ""}, None, include_usage)
-
-    def pieces(self, chunk: Chunk, include_usage: bool) -> list[dict[str, Any]]:
-        out = []
-        if chunk.reasoning:
-            out.append(self._chunk({"reasoning_content": chunk.reasoning}, None, include_usage))
-        if chunk.text:
-            out.append(self._chunk({"content": chunk.text}, None, include_usage))
-        if chunk.tool_calls:
-            out.append(self._chunk({"tool_calls": _openai_tool_calls(chunk.tool_calls, True)}, None,
-                                   include_usage))
-        if chunk.finish_reason:
-            out.append({**self._chunk({}, _finish_reason(chunk.finish_reason), include_usage),
-                        **_served_by(chunk.stats)})
-        return out
-
-    def whole(self, reply: Collected) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": reply.text or None}
-        if reply.reasoning:
-            message["reasoning_content"] = reply.reasoning
-        if reply.tool_calls:
-            message["tool_calls"] = _openai_tool_calls(reply.tool_calls, False)
-        elif message["content"] is None:
-            message["content"] = ""
-        choice = {"index": 0, "message": message, "logprobs": None,
-                  "finish_reason": _finish_reason(reply.finish_reason)}
-        return self._envelope([choice], False, usage=_usage(reply.stats), **_served_by(reply.stats))
-
-
-class _LegacyChatFormat(_ChatFormat):
-    """Answers to `functions`/`function_call` requests: the call as `function_call`, as OpenAI did."""
-
-    def _chunk(self, delta: dict[str, Any], finish: str | None, include_usage: bool) -> dict[str, Any]:
-        return server_tools.legacy_shape(super()._chunk(delta, finish, include_usage))
-
-    def whole(self, reply: Collected) -> dict[str, Any]:
-        return server_tools.legacy_shape(super().whole(reply))
-
-
-class _CompletionFormat(_Format):
-    object_name = "text_completion"
-    prefix = "cmpl"
-
-    def _chunk(self, text: str, finish: str | None, include_usage: bool) -> dict[str, Any]:
-        extra = {"usage": None} if include_usage else {}
-        return self._envelope([{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}], True,
-                              **extra)
-
-    def opening(self, include_usage: bool) -> dict[str, Any]:
-        return self._chunk("", None, include_usage)
-
-    def pieces(self, chunk: Chunk, include_usage: bool) -> list[dict[str, Any]]:
-        out = []
-        if chunk.text:
-            out.append(self._chunk(chunk.text, None, include_usage))
-        if chunk.finish_reason:
-            out.append({**self._chunk("", _finish_reason(chunk.finish_reason), include_usage),
-                        **_served_by(chunk.stats)})
-        return out
-
-    def whole(self, reply: Collected) -> dict[str, Any]:
-        choice = {"index": 0, "text": reply.text, "logprobs": None,
-                  "finish_reason": _finish_reason(reply.finish_reason)}
-        return self._envelope([choice], False, usage=_usage(reply.stats), **_served_by(reply.stats))
 
 
 # --- running -----------------------------------------------------------------------------------------

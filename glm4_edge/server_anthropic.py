@@ -76,7 +76,9 @@ class AnthropicEndpoints:
         from starlette.concurrency import run_in_threadpool
         from starlette.responses import JSONResponse, Response
 
-        from .server import ApiError, ClientGone, DisconnectWatch, _EventStream, _first_line
+        from .server import _EventStream
+        from .server_common import ApiError, _first_line
+        from .server_scheduling import ClientGone, DisconnectWatch
 
         parsed = await self._parse(request)
         model = self.server._ready_model()
@@ -112,7 +114,7 @@ class AnthropicEndpoints:
 
 
 async def _events(generation, first: Chunk | None, writer: anthropic_format.MessageWriter, prompt_tokens: int):
-    from .server import LOG, _first_line
+    from .server_common import LOG, _first_line
 
     try:
         for line in writer.start(prompt_tokens):

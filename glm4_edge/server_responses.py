@@ -29,20 +29,10 @@ from . import responses_request
 from .errors import Glm4EdgeError
 from .model import Chunk, GenerationStats
 from .responses_request import ResponsesError, ResponsesRequest
-from .server import (
-    LOG,
-    ApiError,
-    ChatRequest,
-    ClientGone,
-    DisconnectWatch,
-    Generation,
-    _EventStream,
-    _first_line,
-    _from_glm4_edge_error,
-    _served_by,
-    open_chat,
-    parse_chat,
-)
+from .server import ChatRequest, _EventStream, _from_glm4_edge_error, open_chat, parse_chat
+from .server_common import LOG, ApiError, _first_line
+from .server_openai_format import _served_by
+from .server_scheduling import ClientGone, DisconnectWatch, Generation
 
 DEFAULT_STORE_MAX_RESPONSES = 256
 DEFAULT_STORE_TTL_S = 3600.0
