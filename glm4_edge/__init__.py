@@ -6,8 +6,9 @@
         print(chunk.text, end="", flush=True)
 """
 
+from .conversation import Chat
 from .errors import BadParameterError, ContextOverflowError, DeviceError, Glm4EdgeError, ModelFormatError
-from .model import Chat, Chunk, GenerationStats, Model, Reply, load
+from .model import Chunk, GenerationStats, Model, Reply, load
 
 __all__ = [
     "load",
