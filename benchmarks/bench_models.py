@@ -54,8 +54,9 @@ class Variant:
 
 # Every variant spells out symmetry, group size and backup precision, so a folder built once stays
 # what its name says when the presets change (the cpu preset itself is edge-int4-cpu, see edge_convert).
-ASYM = (("sym", False), ("backup_precision", "int8_asym"))
-SYM = (("sym", True), ("backup_precision", "int8_sym"))
+# Ratio too: the cpu preset keeps 20% in INT8 (ratio 0.8), which a variant would otherwise inherit unnamed.
+ASYM = (("sym", False), ("backup_precision", "int8_asym"), ("ratio", 1.0))
+SYM = (("sym", True), ("backup_precision", "int8_sym"), ("ratio", 1.0))
 VARIANTS = {
     "edge-int4-gpu": Variant("edge-int4-gpu", preset="gpu", label="glm4-edge INT4 gpu/npu preset (sym g128)"),
     "edge-int4-asym-g128": Variant("edge-int4-asym-g128", overrides=(*ASYM, ("group_size", 128)),

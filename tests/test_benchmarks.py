@@ -37,3 +37,24 @@ def test_compare_engines_smoke_run(tmp_path):
     assert all(f"`{key}`" in text for key in ENGINES)
     for plot in ("bench-decode.png", "bench-ttft.png"):
         assert (docs / plot).read_bytes().startswith(b"\x89PNG"), plot
+
+
+def test_benchmark_variants_are_what_their_names_say():
+    """A variant named without -rNN keeps every weight in INT4 (ratio 1.0), whatever the cpu preset's ratio is:
+    the sweep once measured "asym g32" and "sym channel-wise" with the preset's 20% INT8 inherited unnamed."""
+    import re
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench_models
+    import quality_sweep
+
+    variants = {**quality_sweep.CANDIDATES,
+                **{k: v for k, v in bench_models.VARIANTS.items() if v.overrides}}
+    assert len(variants) > 10
+    for name, variant in variants.items():
+        settings = variant.settings()
+        if settings.weight_format != "int4":
+            continue
+        ratio = re.search(r"-r(\d+)", name)
+        assert settings.ratio == (int(ratio.group(1)) / 100 if ratio else 1.0), name
+        assert settings.sym == ("-sym" in name or name == "edge-int4-gpu"), name
