@@ -32,7 +32,7 @@ SCHEMA_MAX_NODES = 2000
 SCHEMA_MAX_DEPTH = 32
 
 
-class _SchemaChecker:
+class _GrammarLimits:
     """What xgrammar honours, on a schema jsonschema has already found well-formed."""
 
     def __init__(self, root: dict, param: str):
@@ -146,7 +146,7 @@ def check_json_schema(schema: Any, param: str = "response_format") -> None:
     """Raise a 400 (ApiError naming `param`, one line) unless xgrammar can compile `schema` and honour all of it.
 
     First `jsonschema` checks the schema against its draft's metaschema (2020-12 unless `$schema` names
-    another; `pattern` must be a regular expression), then `_SchemaChecker` refuses what xgrammar would
+    another; `pattern` must be a regular expression), then `_GrammarLimits` refuses what xgrammar would
     reject or silently drop.
     """
     if not isinstance(schema, dict):
@@ -161,4 +161,4 @@ def check_json_schema(schema: Any, param: str = "response_format") -> None:
         raise bad_param(param, f"{param}: JSON schema at {where}: {message}") from None
     except RecursionError:
         raise bad_param(param, f"{param}: JSON schema too deeply nested") from None
-    _SchemaChecker(schema, param).check(schema)
+    _GrammarLimits(schema, param).check(schema)
