@@ -160,7 +160,10 @@ class MessageWriter:
         block = {"type": "tool_use", "id": tool_use_id(), "name": call["name"], "input": {}}
         out = [self._start_block(block)]
         index = len(self.content) - 1
-        self.content[index]["input"] = json.loads(arguments)  # glm_format.parse_tool_calls: a JSON object
+        try:
+            self.content[index]["input"] = json.loads(arguments)  # glm_format.parse_tool_calls: a JSON object
+        except ValueError:  # a call cut by max_tokens (server_tools.tool_call_stream): the partial text only
+            self.content[index]["input"] = {}
         out.append(event("content_block_delta", {"index": index, "delta": {"type": "input_json_delta",
                                                                            "partial_json": arguments}}))
         return [*out, event("content_block_stop", {"index": index})]

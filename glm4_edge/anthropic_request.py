@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 if TYPE_CHECKING:
-    from .server import ChatRequest
+    from .openai_request import ChatRequest
 
 
 HONOURED_FIELDS = ("model", "messages", "max_tokens", "system", "stop_sequences", "stream", "tools",
@@ -354,7 +354,7 @@ def _response_format(config: OutputConfig | None) -> dict[str, Any] | None:
 
 def parse_messages(body: dict[str, Any], *, counting: bool = False) -> AnthropicRequest:
     """A /v1/messages body -> the server's chat request; raises ApiError (400) naming a bad field."""
-    from .server import parse_chat
+    from .openai_request import parse_chat
     from .server_common import ApiError
 
     check_fields(body)

@@ -1,7 +1,7 @@
 """OpenAI Responses API requests (`POST /v1/responses`) as the server's chat requests.
 
 A Responses request is checked field by field (pydantic models of the shapes the `openai` SDK sends),
-then rewritten as the /v1/chat/completions body it means and parsed by `server.parse_chat`, so
+then rewritten as the /v1/chat/completions body it means and parsed by `openai_request.parse_chat`, so
 sampling bounds, tool schemas, `tool_choice` and JSON-schema checks are the chat endpoint's own.
 Errors name the Responses field (`input[2].content`, `text.format`, `max_output_tokens`).
 

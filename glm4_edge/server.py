@@ -1,10 +1,12 @@
-"""OpenAI-compatible HTTP server for one converted GLM-4 model (`glm4-edge serve`).
+"""OpenAI-compatible HTTP server for one converted GLM-4 model (`glm4-edge serve`): the app and its routes.
 
-Starlette + uvicorn. Every generation runs `Model.stream` (or, for raw completions and constrained
-decoding, the prompt-level path below) in a worker thread and reaches the event loop through an
-asyncio queue. The port is bound before the model loads, so `/health` answers 503 while loading.
-A request waits for one of `max_concurrency` slots; the slot is released only when its worker
-thread has really finished, so a client that left cannot leave a generation running behind it.
+FastAPI (Starlette) + uvicorn. The API surfaces live in their own modules: /v1/chat/completions and
+/v1/completions in `server_openai`, /v1/responses in `server_responses`, /v1/messages in
+`server_anthropic`; OpenAPI at /openapi.json and /docs (`server_docs`), /metrics (`server_metrics`),
+slots and disconnects (`server_scheduling`). Every generation runs in a worker thread and reaches the
+event loop through an asyncio queue. The port is bound before the model loads, so `/health` answers 503
+while loading. A request waits for one of `max_concurrency` slots; the slot is released only when its
+worker thread has really finished, so a client that left cannot leave a generation running behind it.
 """
 
 from __future__ import annotations
@@ -16,31 +18,21 @@ import os
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
-from . import glm_format, server_anthropic, server_tools, tool_choice
+from . import server_anthropic
 from .batching import BatchedModel
-from .errors import BadParameterError, ContextOverflowError, Glm4EdgeError
-from .fallback import StaticShapeError
-from .images import IMAGE_PART_TYPES
-from .json_grammar import ToolCallGrammar
-from .model import Chunk, Model
-from .options import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, check_number, stop_list
-from .server_common import LOG, ApiError, _first_line, bad_param
-from .server_metrics import Metrics
-from .server_openai_format import (
-    Collected,
-    _ChatFormat,
-    _CompletionFormat,
-    _Format,
-    _LegacyChatFormat,
-    _sse,
-)
-from .server_scheduling import ClientGone, DisconnectWatch, Generation, Scheduler
-from .server_schema import check_json_schema
+from .errors import Glm4EdgeError
+from .model import Model
+from .server_common import LOG, ApiError
+from .server_scheduling import Scheduler
+
+if TYPE_CHECKING:
+    from .server_metrics import Metrics
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -49,332 +41,11 @@ DEFAULT_MAX_BODY_BYTES = 8 * 2**20  # ~2M tokens of text: far beyond any context
 API_KEY_ENV = "GLM4_EDGE_API_KEY"
 SHUTDOWN_GRACE_S = 5
 OWNER = "glm4-edge"
-
-
-# Chat-only fields a raw completion cannot honour.
-CHAT_ONLY = ("messages", "tools", "tool_choice", "parallel_tool_calls")
-
-
-# --- errors ------------------------------------------------------------------------------------------
-
-
-# Model.stream names options as the Python API does; clients know OpenAI's names.
-# An image is part of a message in OpenAI's API (an image_url content part).
-_OPENAI_PARAM = {"max_new_tokens": "max_tokens", "json_schema": "response_format", "image": "messages"}
-
-
-def _from_glm4_edge_error(error: Glm4EdgeError) -> ApiError:
-    if isinstance(error, StaticShapeError):  # the NPU's limit, not the model's context: say which
-        return ApiError(400, str(error), param="messages", code="context_length_exceeded")
-    if isinstance(error, ContextOverflowError):
-        return ApiError(400, f"This model's maximum context length is {error.context} tokens; the prompt has "
-                             f"{error.prompt_tokens} tokens and max_tokens is {error.max_new_tokens} "
-                             f"({error.prompt_tokens + error.max_new_tokens} in all). Shorten the prompt or "
-                             "lower max_tokens.", param="messages", code="context_length_exceeded")
-    if isinstance(error, BadParameterError):
-        param = _OPENAI_PARAM.get(error.param or "", error.param)
-        return ApiError(400, str(error), param=param, code="invalid_value")
-    return ApiError(400, str(error))
-
-
-# --- requests ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Sampling:
-    max_tokens: int | None = None  # None: whatever the context leaves after the prompt, as OpenAI does
-    temperature: float = DEFAULT_TEMPERATURE
-    top_p: float = DEFAULT_TOP_P
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    ignore_eos: bool = False  # vLLM-style extension, for benchmarks that need a fixed length
-
-    def options(self, max_new_tokens: int) -> dict[str, Any]:
-        return {"max_new_tokens": max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "top_k": self.top_k, "repetition_penalty": self.repetition_penalty,
-                "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty,
-                "seed": self.seed, "stop": self.stop, "ignore_eos": self.ignore_eos}
-
-
-@dataclass
-class GenerationRequest:
-    model: str | None
-    sampling: Sampling
-    stream: bool = False
-    include_usage: bool = False
-    json_schema: str | None = None  # response_format: constrain the answer with this JSON schema
-
-
-@dataclass
-class ChatRequest(GenerationRequest):
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    tools: list[dict[str, Any]] = field(default_factory=list)  # function schemas; [] when tool_choice none
-    forced_tool: dict[str, Any] | None = None  # tool_choice naming a function
-    any_tool: ToolCallGrammar | None = None  # tool_choice "required" among several functions
-    parallel_tool_calls: bool = True
-    legacy_functions: bool = False  # asked with functions/function_call: answer in that shape
-
-
-@dataclass
-class CompletionRequest(GenerationRequest):
-    prompt: str = ""
-
-
-def _number(body: dict, name: str, default: Any, option: str | None = None) -> Any:
-    """body[name], in the range `glm4_edge.options.LIMITS` gives `option` (default: `name`) on every path."""
-    value = body.get(name)
-    if value is None:
-        return default
-    option = option or name
-    integer = option in ("max_new_tokens", "top_k", "seed")
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        raise bad_param(name, f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}",
-                        "invalid_type")
-    try:
-        return check_number(option, value, shown=name)
-    except BadParameterError as error:
-        raise bad_param(name, str(error)) from None
-
-
-def _bound(value: float) -> str:
-    return str(value) if isinstance(value, int) else f"{value:g}"
-
-
-def _flag(body: dict, name: str) -> bool:
-    value = body.get(name, False)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise bad_param(name, f"{name} must be true or false, got {value!r}", "invalid_type")
-    return value
-
-
-def parse_sampling(body: dict) -> Sampling:
-    refused = server_tools.check_fields(body)
-    if refused is not None:
-        raise bad_param(refused, server_tools.refusal(refused), "unsupported_parameter")
-    for name in ("n", "best_of"):  # one choice per request: the pipeline decodes one sequence
-        if body.get(name) not in (None, 1):
-            raise bad_param(name, f"only {name}=1 is supported, got {body[name]!r}", "unsupported_value")
-    max_tokens = _number(body, "max_tokens", None, "max_new_tokens")
-    max_tokens = _number(body, "max_completion_tokens", max_tokens, "max_new_tokens")
-    stop = body.get("stop")
-    if stop is not None and not isinstance(stop, (str, list)):
-        raise bad_param("stop", "stop must be a string or a list of strings", "invalid_type")
-    try:
-        stops = list(stop_list(stop))
-    except BadParameterError as error:
-        raise bad_param("stop", str(error), "invalid_value" if "at most" in str(error) else "invalid_type") from None
-    return Sampling(
-        max_tokens=max_tokens,
-        temperature=float(_number(body, "temperature", DEFAULT_TEMPERATURE)),
-        top_p=float(_number(body, "top_p", DEFAULT_TOP_P)),
-        top_k=_number(body, "top_k", 0),  # vLLM-style extension
-        repetition_penalty=float(_number(body, "repetition_penalty", 1.0)),
-        presence_penalty=float(_number(body, "presence_penalty", 0.0)),
-        frequency_penalty=float(_number(body, "frequency_penalty", 0.0)),
-        seed=_number(body, "seed", None),  # signed, as OpenAI's; GenerationOptions maps it onto rng_seed
-        stop=stops,
-        ignore_eos=_flag(body, "ignore_eos"),
-    )
-
-
-def _json_schema(body: dict) -> str | None:
-    """response_format -> JSON schema text for openvino-genai's structured output (xgrammar)."""
-    fmt = body.get("response_format")
-    if fmt is None:
-        return None
-    if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
-        raise bad_param("response_format", "response_format must be {\"type\": \"text\" | \"json_object\" | "
-                                           "\"json_schema\", ...}", "invalid_type")
-    kind = fmt["type"]
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return json.dumps({"type": "object"})
-    if kind == "json_schema":
-        spec = fmt.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        if not isinstance(schema, dict):
-            raise bad_param("response_format",
-                            "response_format.json_schema.schema must be a JSON schema object")
-        check_json_schema(schema)
-        return json.dumps(schema)
-    raise bad_param("response_format", f"response_format type {kind!r} is not supported; use text, "
-                                       "json_object or json_schema")
-
-
-def _stream_flags(body: dict) -> tuple[bool, bool]:
-    stream = _flag(body, "stream")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise bad_param("stream_options", "stream_options must be an object", "invalid_type")
-    return stream, stream and _flag(options, "include_usage")
-
-
-def _model_field(body: dict) -> str | None:
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise bad_param("model", "model must be a string", "invalid_type")
-    return model
-
-
-def parse_chat(body: dict) -> ChatRequest:
-    try:
-        body, legacy = server_tools.legacy_functions(body)
-    except ValueError as error:
-        raise bad_param("functions", str(error)) from None
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise bad_param("messages", "messages must be a non-empty list of {role, content} objects")
-    checked = []
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise bad_param("messages", f"messages[{index}] must be an object")
-        if message.get("role") == "developer":  # OpenAI's newer name for the system role
-            message = {**message, "role": "system"}
-        content = message.get("content")
-        if isinstance(content, list):
-            for part in content:
-                # Image parts go on to the model: a GLM-4V model reads them (data: URLs only), a text model
-                # refuses them by name (`Model.stream`).
-                if not isinstance(part, dict) or part.get("type", "text") not in ("text", *IMAGE_PART_TYPES):
-                    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                    raise bad_param("messages", f"messages[{index}] has a {kind!r} content part; glm4-edge "
-                                                "reads text and (GLM-4V models) image_url parts")
-        checked.append(message)
-    tools = body.get("tools") or []
-    if not isinstance(tools, list):
-        raise bad_param("tools", "tools must be a list of {\"type\": \"function\", \"function\": {...}}",
-                        "invalid_type")
-    try:
-        schemas = glm_format.tool_schemas(tools)
-    except BadParameterError as error:
-        raise bad_param("tools", str(error)) from None
-    schemas, forced = _tool_choice(body.get("tool_choice"), schemas)
-    any_tool = None
-    if isinstance(forced, list):  # "required" among several: one grammar alternative per function
-        any_tool = ToolCallGrammar(tuple((tool["name"], _constrainable(tool)) for tool in forced))
-        forced = None
-    elif forced is not None:
-        forced = {**forced, "parameters": _constrainable(forced)}
-    stream, include_usage = _stream_flags(body)
-    json_schema = _json_schema(body)
-    if (forced is not None or any_tool is not None) and json_schema is not None:  # as Model.stream refuses it
-        raise bad_param("response_format", "response_format cannot go with a tool_choice that forces a call: the "
-                                           "call's arguments follow the tool's parameters schema")
-    parallel = body.get("parallel_tool_calls") is None or _flag(body, "parallel_tool_calls")
-    return ChatRequest(model=_model_field(body), sampling=parse_sampling(body), stream=stream,
-                       include_usage=include_usage, json_schema=json_schema, messages=checked,
-                       tools=schemas, forced_tool=forced, any_tool=any_tool, parallel_tool_calls=parallel,
-                       legacy_functions=legacy)
-
-
-def _constrainable(tool: dict[str, Any]) -> dict[str, Any]:
-    """The tool's parameters, or any JSON object where grammar-constrained decoding cannot honour them."""
-    parameters = tool.get("parameters") or {"type": "object"}
-    try:
-        check_json_schema(parameters, "tools")
-    except ApiError:
-        return {"type": "object"}
-    return parameters
-
-
-def _tool_choice(choice: Any, schemas: list[dict]) -> tuple[list[dict], dict | list[dict] | None]:
-    """-> (tools to show the model, the function it must call, the functions it must call one of, or None)."""
-    if choice == "required" and len(schemas) > 1:  # the server constrains the call to one of several names
-        return schemas, schemas
-    if isinstance(choice, str) and choice not in tool_choice.CHOICES:  # OpenAI takes no bare function name
-        raise bad_param("tool_choice", "tool_choice must be 'none', 'auto', 'required' or "
-                                       "{\"type\": \"function\", \"function\": {\"name\": ...}}")
-    try:
-        return tool_choice.choose(choice, schemas)
-    except BadParameterError as error:
-        raise bad_param("tool_choice", str(error)) from None
-
-
-def parse_completion(body: dict) -> CompletionRequest:
-    for name in CHAT_ONLY:
-        if body.get(name) is not None:
-            raise bad_param(name, f"{name} is a chat field; send it to /v1/chat/completions", "unsupported_parameter")
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if not isinstance(prompt, str) or not prompt:
-        raise bad_param("prompt", "prompt must be a non-empty string (one prompt per request; token-id "
-                                  "prompts are not supported)")
-    stream, include_usage = _stream_flags(body)
-    return CompletionRequest(model=_model_field(body), sampling=parse_sampling(body), stream=stream,
-                             include_usage=include_usage, json_schema=_json_schema(body), prompt=prompt)
-
-
-# --- generation (runs in worker threads) --------------------------------------------------------------
-
-
-def _default_max_tokens(model: Model, prompt_tokens: int) -> int:
-    shape = model.static_shape
-    if shape is not None and prompt_tokens <= shape.max_prompt_len:  # what the NPU's KV cache leaves: no fallback
-        return max(1, shape.kv_capacity - prompt_tokens)
-    if not model.context_length:
-        return DEFAULT_MAX_NEW_TOKENS
-    return max(1, model.context_length - prompt_tokens)
-
-
-def stream_prompt(model: Model, prompt: str, sampling: Sampling, cancel: threading.Event, *, parse: bool,
-                  tool_names: Sequence[str] = (), json_schema: str | ToolCallGrammar | None = None) -> Iterator[Chunk]:
-    """`Model.stream_prompt` with OpenAI's default for max_tokens: what the context leaves."""
-    max_new_tokens = sampling.max_tokens or _default_max_tokens(model, model.count_tokens(prompt))
-    return model.stream_prompt(prompt, parse=parse, tool_names=tool_names, json_schema=json_schema, cancel=cancel,
-                               **sampling.options(max_new_tokens))
-
-
-def open_chat(model: Model, request: ChatRequest, cancel: threading.Event) -> Iterator[Chunk]:
-    """Validate and tokenize now (errors surface before any response); generation starts on iteration."""
-    stream = _open_chat(model, request, cancel)
-    return stream if request.parallel_tool_calls else server_tools.first_call_only(stream)
-
-
-def _open_chat(model: Model, request: ChatRequest, cancel: threading.Event) -> Iterator[Chunk]:
-    sampling = request.sampling
-    image_tokens = model.image_tokens_in(request.messages)  # raises for an image a text model cannot see
-    if image_tokens and (request.any_tool is not None or request.forced_tool is not None
-                         or request.json_schema is not None):
-        raise BadParameterError("an image cannot go with response_format or a tool_choice that forces a call yet; "
-                                "send it with tool_choice auto and no response_format", "messages")
-    if request.any_tool is not None:
-        # A tool-call turn whose first tokens are constrained to one declared name, then its arguments.
-        prompt = model.render(request.messages, request.tools).replace_reply_opener(
-            model.generation_prefix, (glm_format.ROLE_TAGS["assistant"], False))
-        raw = stream_prompt(model, prompt, sampling, cancel, parse=False, json_schema=request.any_tool)
-        return server_tools.tool_call_stream(raw, [name for name, _ in request.any_tool.tools])
-    if request.forced_tool is not None:
-        # The same prompt and stream as `Model.stream(tool_choice=...)`; only the schema may differ (see parse_chat).
-        name = request.forced_tool["name"]
-        prompt = tool_choice.forced_prompt(model.render(request.messages, request.tools), model.generation_prefix, name)
-        raw = stream_prompt(model, prompt, sampling, cancel, parse=False,
-                            json_schema=tool_choice.arguments_schema(request.forced_tool))
-        return server_tools.tool_call_stream(raw, [name], prefix=f"{name}\n")
-    if request.json_schema is not None:
-        prompt = model.render(request.messages, request.tools)
-        return stream_prompt(model, prompt, sampling, cancel, parse=True, json_schema=request.json_schema,
-                             tool_names=[t["name"] for t in request.tools])
-    max_tokens = sampling.max_tokens
-    if max_tokens is None:
-        prompt_tokens = model.count_tokens(model.render(request.messages, request.tools)) + image_tokens
-        max_tokens = _default_max_tokens(model, prompt_tokens)
-    return model.stream(request.messages, tools=request.tools or None, cancel=cancel,
-                        **sampling.options(max_tokens))
-
-
-def open_completion(model: Model, request: CompletionRequest, cancel: threading.Event) -> Iterator[Chunk]:
-    return stream_prompt(model, request.prompt, request.sampling, cancel, parse=False,
-                         json_schema=request.json_schema)
-
+try:
+    _VERSION = version("glm4-edge")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    _VERSION = "0"
+DOCS_PATHS = ("/docs", "/openapi.json")
 
 # --- the application ---------------------------------------------------------------------------------
 
@@ -394,6 +65,8 @@ class ServerConfig:
 class OpenAIServer:
     def __init__(self, config: ServerConfig):
         self.config = config
+        from .server_metrics import Metrics  # prometheus_client: only when serving, not for every CLI command
+
         self.metrics = Metrics()
         self.model: Model | None = None
         self.load_error: str | None = None
@@ -415,7 +88,7 @@ class OpenAIServer:
             self.on_load_failure()
             return
         self.model = model
-        self.metrics.model_ready = 1
+        self.metrics.ready()
         LOG.info("model %s ready on %s in %.1f s", self.config.model_name, model.device,
                  time.perf_counter() - started)
 
@@ -434,24 +107,31 @@ class OpenAIServer:
     # --- plumbing ---------------------------------------------------------------------------------
 
     def _build_app(self):
-        from starlette.applications import Starlette
+        # FastAPI for /docs and /openapi.json, but the endpoints stay plain Starlette routes: they read the
+        # raw body themselves (the --max-body-bytes limit applies while it streams in, chunked or not; a
+        # body that is not JSON is a 400 in OpenAI's shape), refuse fields by name in each API's own error
+        # shape (OpenAI's or Anthropic's), and answer SSE as ASGI apps that cancel the generation however
+        # the response ends (`EventStream`). FastAPI's body injection would answer its own 422 shape first.
+        # The OpenAPI document is built from the same pydantic models the routes validate with.
+        from fastapi import FastAPI
         from starlette.exceptions import HTTPException
         from starlette.middleware import Middleware
         from starlette.routing import Route
 
+        from . import server_openai
+        from .server_docs import openapi_document
+        from .server_responses import ResponsesApi  # it builds on this module
+
+        self.responses = ResponsesApi(self)
         routes = [
             Route("/health", self.health, methods=["GET"]),
             Route("/metrics", self.metrics_endpoint, methods=["GET"]),
             Route("/v1/models", self.list_models, methods=["GET"]),
             Route("/v1/models/{name:path}", self.get_model, methods=["GET"]),
-            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
-            Route("/v1/completions", self.completions, methods=["POST"]),
+            *server_openai.OpenAIEndpoints(self).routes(),
+            *self.responses.routes(),
             *server_anthropic.AnthropicEndpoints(self).routes(),
         ]
-        from .server_responses import ResponsesApi  # it builds on this module
-
-        self.responses = ResponsesApi(self)
-        routes += self.responses.routes()
         middleware = [Middleware(_CountRequests, metrics=self.metrics)]
         if self.config.allow_origins:
             from starlette.middleware.cors import CORSMiddleware
@@ -460,8 +140,12 @@ class OpenAIServer:
                                             allow_methods=["GET", "POST"],
                                             allow_headers=["Authorization", "Content-Type", *ANTHROPIC_HEADERS]))
         handlers = {ApiError: self._api_error, HTTPException: self._http_error, Exception: self._server_error}
-        return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers,
-                         lifespan=self._lifespan)
+        app = FastAPI(title="glm4-edge", version=_VERSION, routes=routes,
+                      middleware=middleware, exception_handlers=handlers, lifespan=self._lifespan,
+                      redoc_url=None, swagger_ui_oauth2_redirect_url=None)
+        document = openapi_document(app.title, _VERSION, api_key=self._api_key is not None)
+        app.openapi = lambda: document  # type: ignore[method-assign]
+        return app
 
     @staticmethod
     def _error_response(error: ApiError, request):
@@ -545,10 +229,12 @@ class OpenAIServer:
                             status_code=503, headers={"Retry-After": "5"})
 
     async def metrics_endpoint(self, request):
-        from starlette.responses import PlainTextResponse
+        from starlette.responses import Response
+
+        from .server_metrics import CONTENT_TYPE
 
         self._authorize(request)
-        return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
     def _model_card(self) -> dict[str, Any]:
         """OpenAI's model object, plus what the model takes in (vLLM-style extra fields clients ignore):
@@ -572,109 +258,6 @@ class OpenAIServer:
         self._authorize(request)
         self._check_model_name(request.path_params["name"])
         return JSONResponse(self._model_card())
-
-    async def chat_completions(self, request):
-        self._authorize(request)
-        body = await self._read_json(request)
-        chat = parse_chat(body)
-        self._check_model_name(chat.model)
-        fmt = (_LegacyChatFormat if chat.legacy_functions else _ChatFormat)(self.config.model_name)
-        return await self._generate(request, chat, open_chat, fmt)
-
-    async def completions(self, request):
-        self._authorize(request)
-        body = await self._read_json(request)
-        completion = parse_completion(body)
-        self._check_model_name(completion.model)
-        return await self._generate(request, completion, open_completion,
-                                    _CompletionFormat(self.config.model_name))
-
-    async def _generate(self, request, parsed: GenerationRequest, opener: Callable, fmt: _Format):
-        from starlette.concurrency import run_in_threadpool
-        from starlette.responses import JSONResponse, Response
-
-        model = self._ready_model()
-        assert self.scheduler is not None
-        cancel = threading.Event()
-        try:  # rendering and tokenizing can take a while on long prompts: not on the event loop
-            stream = await run_in_threadpool(opener, model, parsed, cancel)
-        except Glm4EdgeError as error:
-            raise _from_glm4_edge_error(error) from None
-        watch = DisconnectWatch(request.receive, cancel)
-        try:
-            generation = await self.scheduler.start(stream, cancel, watch)
-            # Wait for the first chunk before answering, so a failure at the start of generation
-            # (e.g. a JSON schema xgrammar rejects) is a proper error status, not a broken stream.
-            try:
-                first = await watch.race(generation.next())
-            except RuntimeError as error:
-                if parsed.json_schema is not None:  # xgrammar compiles the schema at the first step
-                    raise ApiError(400, f"response_format: {_first_line(error)}",
-                                   param="response_format") from None
-                raise ApiError(500, _first_line(error), kind="server_error") from None
-            if not parsed.stream:
-                reply = Collected()
-                chunk = first
-                while chunk is not None:
-                    reply.add(chunk)
-                    chunk = await watch.race(generation.next())
-                return JSONResponse(fmt.whole(reply))
-        except ClientGone:
-            return Response(status_code=499)  # nobody reads it; uvicorn drops it
-        finally:
-            watch.stop()
-        return _EventStream(generation, self._sse(generation, first, fmt, parsed.include_usage))
-
-    async def _sse(self, generation: Generation, first: Chunk | None, fmt: _Format,
-                   include_usage: bool) -> AsyncIterator[str]:
-        # Starlette cancels this generator when the client disconnects; `finally` then stops the model.
-        try:
-            yield _sse(fmt.opening(include_usage))
-            chunk = first
-            while chunk is not None:
-                for payload in fmt.pieces(chunk, include_usage):
-                    yield _sse(payload)
-                if chunk.finish_reason and include_usage:
-                    yield _sse(fmt.usage(chunk.stats))
-                chunk = await generation.next()
-            yield _sse("[DONE]")
-        except Exception as error:  # headers are out: report in-band, as OpenAI does
-            LOG.exception("generation failed mid-stream")
-            yield _sse(ApiError(500, _first_line(error), kind="server_error").body())
-            yield _sse("[DONE]")
-        finally:
-            generation.cancel.set()
-
-
-class _EventStream:
-    """An SSE response that stops its generation however the response ends.
-
-    Starlette cancels a streaming body when it sees the client leave, and the body's `finally` stops
-    the model; but a body generator that is merely abandoned (a failed send, a server shutting down)
-    runs its `finally` only when the garbage collector gets to it, and until then the generation
-    decodes on in its slot. Here a disconnect watch runs beside the body, and the response's own
-    `finally` sets the cancel event and closes the body, whatever ended it.
-    """
-
-    def __init__(self, generation: Generation, body: AsyncIterator[str]):
-        self.generation, self.body = generation, body
-
-    async def __call__(self, scope, receive, send) -> None:
-        from starlette.responses import StreamingResponse
-
-        response = StreamingResponse(self.body, media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        watch = DisconnectWatch(receive, self.generation.cancel)
-        try:
-            # The watch reads `receive`; Starlette's own listener gets a receive that waits with it.
-            await watch.race(response(scope, watch.wait_gone, send))
-        except ClientGone:
-            pass
-        finally:
-            watch.stop()
-            self.generation.cancel.set()
-            await self.body.aclose()  # type: ignore[attr-defined]
-
 
 def _status_code(error) -> str | None:
     return {404: "not_found", 405: "method_not_allowed"}.get(error.status_code)
@@ -707,7 +290,7 @@ class _CountRequests:
 
 
 KNOWN_PATHS = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/responses",
-               *server_anthropic.PATHS)
+               *server_anthropic.PATHS, *DOCS_PATHS)
 ANTHROPIC_HEADERS = ("X-Api-Key", "Anthropic-Version", "Anthropic-Beta")
 
 

@@ -2,7 +2,7 @@
 
 Local coding agents speak this API (Claude-Code-style tools, the `anthropic` SDK), as Ollama,
 llama.cpp and LM Studio serve it. A request is checked and mapped onto the server's own chat request
-by `anthropic_request` (then `server.parse_chat`: the same sampling ranges, tool schemas,
+by `anthropic_request` (then `openai_request.parse_chat`: the same sampling ranges, tool schemas,
 `tool_choice` grammars and structured output as /v1/chat/completions), and generated through the
 same scheduler, so queueing, parallel decoding and cancel-on-disconnect behave exactly as for chat.
 Answers and errors take Anthropic's shapes (`anthropic_format`).
@@ -29,8 +29,8 @@ PATHS = ("/v1/messages", "/v1/messages/count_tokens")
 
 
 def _open(model: Model, parsed: AnthropicRequest, cancel: threading.Event) -> tuple[Iterator[Chunk], int]:
-    """The chat stream (see server.open_chat) and the prompt's token count for message_start."""
-    from .server import open_chat
+    """The chat stream (see server_openai.open_chat) and the prompt's token count for message_start."""
+    from .server_openai import open_chat
 
     stream = open_chat(model, parsed.chat, cancel)
     prompt_tokens = model.count_tokens(model.render(parsed.chat.messages, parsed.chat.tools)) if (
@@ -76,9 +76,8 @@ class AnthropicEndpoints:
         from starlette.concurrency import run_in_threadpool
         from starlette.responses import JSONResponse, Response
 
-        from .server import _EventStream
         from .server_common import ApiError, _first_line
-        from .server_scheduling import ClientGone, DisconnectWatch
+        from .server_scheduling import ClientGone, DisconnectWatch, EventStream
 
         parsed = await self._parse(request)
         model = self.server._ready_model()
@@ -110,7 +109,7 @@ class AnthropicEndpoints:
             return Response(status_code=499)  # nobody reads it
         finally:
             watch.stop()
-        return _EventStream(generation, _events(generation, first, writer, prompt_tokens))
+        return EventStream(generation, _events(generation, first, writer, prompt_tokens))
 
 
 async def _events(generation, first: Chunk | None, writer: anthropic_format.MessageWriter, prompt_tokens: int):
@@ -132,9 +131,9 @@ async def _events(generation, first: Chunk | None, writer: anthropic_format.Mess
 
 
 def _api_error(error: Glm4EdgeError):
-    from .server import _from_glm4_edge_error
+    from .server_common import from_glm4_edge_error
 
-    mapped = _from_glm4_edge_error(error)
+    mapped = from_glm4_edge_error(error)
     if mapped.param == "response_format":
         mapped.param, mapped.message = "output_config.format", f"output_config.format: {mapped.message}"
     return mapped

@@ -6,6 +6,8 @@ import logging
 import re
 from typing import Any
 
+from .errors import BadParameterError, ContextOverflowError, Glm4EdgeError
+from .fallback import StaticShapeError
 from .model import openvino_reason
 
 # A child of uvicorn's logger: our lines share its handler, format and --log-level.
@@ -35,3 +37,23 @@ _NATIVE_PREFIX = re.compile(r"^(\[[\d:]+\]\s*)?(\S+\.(cc|cpp|hpp|h):\d+:\s*)?")
 
 def _first_line(error: BaseException) -> str:
     return _NATIVE_PREFIX.sub("", openvino_reason(error, limit=500))
+
+
+# Model.stream names options as the Python API does; clients know OpenAI's names.
+# An image is part of a message in OpenAI's API (an image_url content part).
+_OPENAI_PARAM = {"max_new_tokens": "max_tokens", "json_schema": "response_format", "image": "messages"}
+
+
+def from_glm4_edge_error(error: Glm4EdgeError) -> ApiError:
+    """A runtime error (bad option, context overflow, the NPU's static shape) as a 400 in OpenAI's names."""
+    if isinstance(error, StaticShapeError):  # the NPU's limit, not the model's context: say which
+        return ApiError(400, str(error), param="messages", code="context_length_exceeded")
+    if isinstance(error, ContextOverflowError):
+        return ApiError(400, f"This model's maximum context length is {error.context} tokens; the prompt has "
+                             f"{error.prompt_tokens} tokens and max_tokens is {error.max_new_tokens} "
+                             f"({error.prompt_tokens + error.max_new_tokens} in all). Shorten the prompt or "
+                             "lower max_tokens.", param="messages", code="context_length_exceeded")
+    if isinstance(error, BadParameterError):
+        param = _OPENAI_PARAM.get(error.param or "", error.param)
+        return ApiError(400, str(error), param=param, code="invalid_value")
+    return ApiError(400, str(error))

@@ -28,11 +28,12 @@ from typing import Any
 from . import responses_request
 from .errors import Glm4EdgeError
 from .model import Chunk, GenerationStats
+from .openai_request import ChatRequest, parse_chat
 from .responses_request import ResponsesError, ResponsesRequest
-from .server import ChatRequest, _EventStream, _from_glm4_edge_error, open_chat, parse_chat
-from .server_common import LOG, ApiError, _first_line
+from .server_common import LOG, ApiError, _first_line, from_glm4_edge_error
+from .server_openai import open_chat
 from .server_openai_format import _served_by
-from .server_scheduling import ClientGone, DisconnectWatch, Generation
+from .server_scheduling import ClientGone, DisconnectWatch, EventStream, Generation
 
 DEFAULT_STORE_MAX_RESPONSES = 256
 DEFAULT_STORE_TTL_S = 3600.0
@@ -149,8 +150,8 @@ class ResponseWriter:
             "output": [dict(item) for item in self.output], "parallel_tool_calls": self.chat.parallel_tool_calls,
             "previous_response_id": body.previous_response_id,
             "reasoning": {"effort": None, "summary": None}, "service_tier": "default", "store": self.parsed.store,
-            "temperature": self.chat.sampling.temperature, "text": {"format": fmt, "verbosity": "medium"},
-            "tool_choice": raw.get("tool_choice") or "auto", "tools": tools, "top_p": self.chat.sampling.top_p,
+            "temperature": self.chat.options.temperature, "text": {"format": fmt, "verbosity": "medium"},
+            "tool_choice": raw.get("tool_choice") or "auto", "tools": tools, "top_p": self.chat.options.top_p,
             "truncation": "disabled", "usage": usage, "user": body.user, "metadata": body.metadata or {},
             "safety_identifier": body.safety_identifier, "prompt_cache_key": body.prompt_cache_key,
             **_served_by(self.stats),
@@ -258,7 +259,7 @@ class ResponseWriter:
                                       output_index=index, delta=call["arguments"]))
             events.append(self._event("response.function_call_arguments.done", item_id=item["id"],
                                       output_index=index, arguments=call["arguments"]))
-            item.update(arguments=call["arguments"], status="completed")
+            item.update(arguments=call["arguments"], status=self.status)  # incomplete: cut by max_output_tokens
             events.append(self._event("response.output_item.done", output_index=index, item=dict(item)))
         kind = "response.incomplete" if self.status == "incomplete" else "response.completed"
         events.append(self._event(kind, response=self.response()))
@@ -349,7 +350,7 @@ class ResponsesApi:
         try:  # rendering and tokenizing can take a while on long prompts: not on the event loop
             stream = await run_in_threadpool(open_chat, model, chat, cancel)
         except Glm4EdgeError as error:
-            raise _renamed(_from_glm4_edge_error(error)) from None
+            raise _renamed(from_glm4_edge_error(error)) from None
         writer = ResponseWriter(parsed, chat, server.config.model_name, model.count_tokens)
         watch = DisconnectWatch(request.receive, cancel)
         try:
@@ -371,7 +372,7 @@ class ResponsesApi:
             return Response(status_code=499)  # nobody reads it; uvicorn drops it
         finally:
             watch.stop()
-        return _EventStream(generation, self._events(generation, first, writer, history))
+        return EventStream(generation, self._events(generation, first, writer, history))
 
     def _keep(self, writer: ResponseWriter, history: list[dict[str, Any]]) -> None:
         if writer.parsed.store and writer.finish_reason not in (None, "cancelled"):

@@ -6,14 +6,16 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .model import Chunk
 from .server_common import LOG, _first_line
-from .server_metrics import Metrics
+
+if TYPE_CHECKING:
+    from .server_metrics import Metrics
 
 # --- async bridge ------------------------------------------------------------------------------------
 
@@ -153,3 +155,36 @@ class Scheduler:
         for cancel in list(self._active):
             cancel.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+# --- streamed answers --------------------------------------------------------------------------------
+
+
+class EventStream:
+    """An SSE response that stops its generation however the response ends.
+
+    Starlette cancels a streaming body when it sees the client leave, and the body's `finally` stops
+    the model; but a body generator that is merely abandoned (a failed send, a server shutting down)
+    runs its `finally` only when the garbage collector gets to it, and until then the generation
+    decodes on in its slot. Here a disconnect watch runs beside the body, and the response's own
+    `finally` sets the cancel event and closes the body, whatever ended it.
+    """
+
+    def __init__(self, generation: Generation, body: AsyncIterator[str]):
+        self.generation, self.body = generation, body
+
+    async def __call__(self, scope, receive, send) -> None:
+        from starlette.responses import StreamingResponse
+
+        response = StreamingResponse(self.body, media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        watch = DisconnectWatch(receive, self.generation.cancel)
+        try:
+            # The watch reads `receive`; Starlette's own listener gets a receive that waits with it.
+            await watch.race(response(scope, watch.wait_gone, send))
+        except ClientGone:
+            pass
+        finally:
+            watch.stop()
+            self.generation.cancel.set()
+            await self.body.aclose()  # type: ignore[attr-defined]

@@ -1,10 +1,14 @@
-"""Checks a client's JSON Schema (response_format, tool parameters) before it reaches the grammar compiler."""
+"""Checks a client's JSON Schema (response_format, tool parameters) before it reaches the grammar compiler:
+`jsonschema` for a well-formed schema, then what xgrammar honours."""
 
 from __future__ import annotations
 
 import math
 import re
 from typing import Any
+
+from jsonschema.exceptions import SchemaError, best_match
+from jsonschema.validators import Draft202012Validator, validator_for
 
 from .server_common import ApiError, bad_param
 
@@ -15,7 +19,6 @@ from .server_common import ApiError, bad_param
 # refuses further work. So schemas are checked here first, against what xgrammar is known to handle;
 # keywords it would silently ignore ("not", "multipleOf", ...) are refused rather than dropped.
 
-SCHEMA_TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
 SCHEMA_ANNOTATIONS = ("title", "description", "default", "examples", "$schema", "$id", "$comment",
                       "deprecated", "readOnly", "writeOnly")
 SCHEMA_KEYWORDS = ("type", "properties", "required", "additionalProperties", "items", "prefixItems",
@@ -29,7 +32,9 @@ SCHEMA_MAX_NODES = 2000
 SCHEMA_MAX_DEPTH = 32
 
 
-class _SchemaChecker:
+class _GrammarLimits:
+    """What xgrammar honours, on a schema jsonschema has already found well-formed."""
+
     def __init__(self, root: dict, param: str):
         self.root, self.param, self.nodes = root, param, 0
 
@@ -40,17 +45,11 @@ class _SchemaChecker:
         self.nodes += 1
         if self.nodes > SCHEMA_MAX_NODES or depth > SCHEMA_MAX_DEPTH:
             raise self.fail(where, f"too large (over {SCHEMA_MAX_NODES} nodes or {SCHEMA_MAX_DEPTH} levels)")
-        if not isinstance(schema, dict):
+        if isinstance(schema, bool):  # true/false schemas: the metaschema allows them, xgrammar does not
             raise self.fail(where, "must be an object")
         for key in schema:
             if key not in SCHEMA_KEYWORDS and key not in SCHEMA_ANNOTATIONS:
                 raise self.fail(where, f"keyword {key!r} is not supported by structured output here")
-        kinds = schema.get("type", [])
-        for kind in kinds if isinstance(kinds, list) else [kinds]:
-            if kind not in SCHEMA_TYPES:
-                raise self.fail(where, f"type {kind!r} is not one of {', '.join(SCHEMA_TYPES)}")
-        if isinstance(kinds, list) and "type" in schema and not kinds:
-            raise self.fail(where, "type must not be an empty list")
         self._children(schema, where, depth)
         self._ranges(schema, where)
         if "pattern" in schema:
@@ -61,52 +60,33 @@ class _SchemaChecker:
             self._ref(schema["$ref"], where)
 
     def _children(self, schema: dict, where: str, depth: int) -> None:
-        properties = schema.get("properties", {})
-        if not isinstance(properties, dict):
-            raise self.fail(where, "properties must be an object")
-        for name, child in properties.items():
+        for name, child in schema.get("properties", {}).items():
             self.check(child, f"{where}/properties/{name}", depth + 1)
-        required = schema.get("required", [])
-        if not isinstance(required, list) or not all(isinstance(name, str) for name in required):
-            raise self.fail(where, "required must be a list of property names")
         for key in ("additionalProperties", "items"):
             child = schema.get(key, True)
             if not isinstance(child, bool):
                 self.check(child, f"{where}/{key}", depth + 1)
         for key in ("$defs", "definitions"):
-            children = schema.get(key, {})
-            if not isinstance(children, dict):
-                raise self.fail(where, f"{key} must be an object")
-            for name, child in children.items():
+            for name, child in schema.get(key, {}).items():
                 self.check(child, f"{where}/{key}/{name}", depth + 1)
         for key in ("prefixItems", "anyOf", "oneOf", "allOf"):
-            if key not in schema:
-                continue
-            children = schema[key]
-            if not isinstance(children, list) or not children:
-                raise self.fail(where, f"{key} must be a non-empty list of schemas")
+            children = schema.get(key, [])
             if key == "allOf" and len(children) > 1:
                 raise self.fail(where, "allOf with more than one schema is not supported; merge them")
             for index, child in enumerate(children):
                 self.check(child, f"{where}/{key}/{index}", depth + 1)
-        if "enum" in schema and (not isinstance(schema["enum"], list) or not schema["enum"]):
+        if "enum" in schema and not schema["enum"]:  # draft 2020-12 allows an empty enum; nothing fits it
             raise self.fail(where, "enum must be a non-empty list")
 
     def _ranges(self, schema: dict, where: str) -> None:
         for low_key, high_key in (("minLength", "maxLength"), ("minItems", "maxItems")):
             low, high = schema.get(low_key, 0), schema.get(high_key)
-            for key, value in ((low_key, low), (high_key, high)):
-                if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                    raise self.fail(where, f"{key} must be a non-negative integer")
             if high is not None and low > high:
                 raise self.fail(where, f"{low_key} {low} is greater than {high_key} {high}")
         bounds = {}
         for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
             if key in schema:
-                value = schema[key]
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise self.fail(where, f"{key} must be a number")
-                bounds[key] = value
+                bounds[key] = schema[key]
         if schema.get("type") == "integer":  # the integers within the bounds
             lows = [math.ceil(bounds["minimum"])] if "minimum" in bounds else []
             lows += [math.floor(bounds["exclusiveMinimum"]) + 1] if "exclusiveMinimum" in bounds else []
@@ -125,9 +105,7 @@ class _SchemaChecker:
         if empty:
             raise self.fail(where, "no value fits between its minimum and maximum")
 
-    def _pattern(self, pattern: Any, where: str) -> None:
-        if not isinstance(pattern, str):
-            raise self.fail(where, "pattern must be a string")
+    def _pattern(self, pattern: str, where: str) -> None:
         # xgrammar's regex dialect is narrower than Python's (no \\b, no lookaround, no {,n}): allow the
         # common core it parses, and let Python's parser catch what is malformed.
         index, in_class = 0, False
@@ -155,14 +133,9 @@ class _SchemaChecker:
             elif char == "{" and not PATTERN_REPEAT.match(pattern, index):
                 raise self.fail(where, "pattern repeats must be {n}, {n,} or {n,m}")
             index += 1
-        try:
-            re.compile(pattern)
-        except re.error as error:
-            raise self.fail(where, f"pattern {pattern!r} is not a valid regular expression "
-                                   f"({error})") from None
 
-    def _ref(self, ref: Any, where: str) -> None:
-        parts = ref.split("/") if isinstance(ref, str) else []
+    def _ref(self, ref: str, where: str) -> None:
+        parts = ref.split("/")
         if len(parts) != 3 or parts[0] != "#" or parts[1] not in ("$defs", "definitions"):
             raise self.fail(where, "$ref must point into this schema: '#/$defs/NAME'")
         if not isinstance(self.root.get(parts[1]), dict) or parts[2] not in self.root[parts[1]]:
@@ -170,7 +143,22 @@ class _SchemaChecker:
 
 
 def check_json_schema(schema: Any, param: str = "response_format") -> None:
-    """Raise a 400 naming `param` unless xgrammar can compile `schema` and honour all of it."""
+    """Raise a 400 (ApiError naming `param`, one line) unless xgrammar can compile `schema` and honour all of it.
+
+    First `jsonschema` checks the schema against its draft's metaschema (2020-12 unless `$schema` names
+    another; `pattern` must be a regular expression), then `_GrammarLimits` refuses what xgrammar would
+    reject or silently drop.
+    """
     if not isinstance(schema, dict):
         raise bad_param(param, f"{param}: the JSON schema must be an object")
-    _SchemaChecker(schema, param).check(schema)
+    validator = validator_for(schema, default=Draft202012Validator)
+    try:
+        validator.check_schema(schema)
+    except SchemaError as error:
+        error = best_match([error, *error.context]) if error.context else error
+        where = "/".join(["#", *(str(part) for part in error.absolute_path)])
+        message = " ".join(error.message.split())[:300]  # one line, however long the offending value
+        raise bad_param(param, f"{param}: JSON schema at {where}: {message}") from None
+    except RecursionError:
+        raise bad_param(param, f"{param}: JSON schema too deeply nested") from None
+    _GrammarLimits(schema, param).check(schema)

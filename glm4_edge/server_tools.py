@@ -132,7 +132,10 @@ def first_call_only(stream: Iterator[Chunk]) -> Iterator[Chunk]:
 def tool_call_stream(raw: Iterator[Chunk], names: list[str], prefix: str = "") -> Iterator[Chunk]:
     """Raw constrained text -> one final chunk with the call (`prefix` is what the prompt already wrote).
 
-    Cut off by max_tokens, a stop string or a client that left, the text so far is answered as text.
+    Cut off by max_tokens before the call is whole, the answer is finish_reason "length" with the partial
+    call, as OpenAI answers it: the function's name and the arguments written so far (not JSON yet). Cut
+    by a stop string or a client that left, it keeps that finish reason and carries no call. Either way
+    the model's raw `name\n{...` text is never shown as content.
     """
     from . import glm_format
 
@@ -140,12 +143,14 @@ def tool_call_stream(raw: Iterator[Chunk], names: list[str], prefix: str = "") -
     for chunk in raw:
         text.append(chunk.text)
         if chunk.finish_reason:
-            written = "".join(text)
-            calls = glm_format.parse_tool_calls(prefix + written, names)
+            written = prefix + "".join(text)
+            calls = glm_format.parse_tool_calls(written, names)
             if calls and chunk.finish_reason != "cancelled":
                 yield Chunk(finish_reason="tool_calls", tool_calls=[c.as_dict() for c in calls[:1]],
                             stats=chunk.stats)
             else:
-                yield Chunk(text=written, finish_reason=chunk.finish_reason, stats=chunk.stats,
+                name, newline, arguments = written.partition("\n")
+                cut = chunk.finish_reason == "length" and newline and name in names
+                partial = [{"name": name, "arguments": arguments}] if cut else None
+                yield Chunk(finish_reason=chunk.finish_reason, tool_calls=partial, stats=chunk.stats,
                             stop_sequence=chunk.stop_sequence)
-

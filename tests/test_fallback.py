@@ -139,10 +139,10 @@ def test_server_reports_the_fallback_in_the_response_and_metrics(scripted_model)
 
 def test_server_error_names_the_npu_limit():
     from glm4_edge.fallback import StaticShape, StaticShapeError
-    from glm4_edge.server import _from_glm4_edge_error
+    from glm4_edge.server_common import from_glm4_edge_error
 
-    error = _from_glm4_edge_error(StaticShapeError("prompt of 1100 tokens is over MAX_PROMPT_LEN 1024", 1100, 100,
-                                                   StaticShape(1024, 256)))
+    error = from_glm4_edge_error(StaticShapeError("prompt of 1100 tokens is over MAX_PROMPT_LEN 1024", 1100, 100,
+                                                  StaticShape(1024, 256)))
     assert error.status == 400 and error.body()["error"]["code"] == "context_length_exceeded"
     assert "MAX_PROMPT_LEN 1024" in error.body()["error"]["message"]
 

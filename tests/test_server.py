@@ -331,6 +331,29 @@ def test_tool_choice_none_and_named(tool_server):
     assert json.loads(forced.choices[0].message.tool_calls[0].function.arguments) == {"city": "Beijing"}
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_forced_tool_call_cut_by_max_tokens(tool_server, stream):
+    """As OpenAI answers it: finish_reason "length" and the partial call, never GLM's raw call text."""
+    options = dict(model=tool_server.model_name, messages=[{"role": "user", "content": "weather?"}],
+                   tools=[WEATHER_TOOL], temperature=0, max_tokens=2,
+                   tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    client = tool_server.client()
+    if stream:
+        chunks = list(client.chat.completions.create(**options, stream=True))
+        choices = [choice for chunk in chunks for choice in chunk.choices]
+        content = "".join(choice.delta.content or "" for choice in choices)
+        calls = [call for choice in choices for call in choice.delta.tool_calls or []]
+        finish = [choice.finish_reason for choice in choices if choice.finish_reason]
+    else:
+        choice = client.chat.completions.create(**options).choices[0]
+        content, calls, finish = choice.message.content or "", choice.message.tool_calls, [choice.finish_reason]
+    assert finish == ["length"] and content == ""
+    (call,) = calls
+    assert call.function.name == "get_weather" and call.function.arguments.startswith("{")
+    with pytest.raises(ValueError):  # two tokens of the arguments: not whole JSON yet
+        json.loads(call.function.arguments)
+
+
 # --- errors ------------------------------------------------------------------------------------------
 
 
@@ -360,11 +383,21 @@ def _error(response: httpx.Response, status: int) -> dict:
     ({"tools": [{"type": "function", "function": {"description": "no name"}}]}, "tools"),
     ({"tools": [WEATHER_TOOL], "tool_choice": {"type": "function", "function": {"name": "other"}}},
      "tool_choice"),
+    ({"max_token": 5}, "max_token"),  # no SDK sends a field the server does not know: a typo, refused by name
+    ({"stream": "yes"}, "stream"),
 ])
 def test_bad_parameters_name_the_parameter(scripted_server, body, param):
     with scripted_server.http() as http:
         error = _error(http.post("/v1/chat/completions", json={"messages": HELLO, **body}), 400)
     assert error["param"] == param and error["type"] == "invalid_request_error"
+    assert "\n" not in error["message"]
+
+
+def test_unknown_completion_field_is_refused_by_name(scripted_server):
+    with scripted_server.http() as http:
+        error = _error(http.post("/v1/completions", json={"prompt": "hi", "temprature": 0}), 400)
+    assert error["param"] == "temprature" and error["code"] == "unknown_parameter"
+    assert error["message"].startswith("temprature is not a /v1/completions field")
 
 
 def test_bad_parameter_through_openai_client(scripted_server):
@@ -598,7 +631,8 @@ def test_raw_completion_stop_on_single_pipeline(loop_server):
     ({"type": "string", "format": "weird"}, False),
 ])
 def test_json_schema_check(schema, accepted):
-    from glm4_edge.server import ApiError, check_json_schema
+    from glm4_edge.server_common import ApiError
+    from glm4_edge.server_schema import check_json_schema
 
     if accepted:
         check_json_schema(schema)
@@ -649,6 +683,27 @@ def test_health_is_503_while_loading_then_200(scripted_model):
             time.sleep(0.02)
         reply = client.post("/v1/chat/completions", json={"messages": HELLO, "temperature": 0})
         assert reply.json()["choices"][0]["message"]["content"] == REASONING_ANSWER
+
+
+def test_openapi_docs_show_the_request_schemas():
+    from starlette.testclient import TestClient
+
+    from glm4_edge.server import OpenAIServer, ServerConfig
+
+    def never_loads():
+        raise RuntimeError("not needed")
+
+    with TestClient(OpenAIServer(ServerConfig(load=never_loads, model_name="m", api_key="k")).app) as client:
+        docs = client.get("/docs")  # Swagger UI; like /openapi.json it needs no API key
+        assert docs.status_code == 200 and "/openapi.json" in docs.text
+        document = client.get("/openapi.json").json()
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages", "/v1/models",
+                 "/health", "/metrics"):
+        assert path in document["paths"], path
+    body = document["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]
+    chat = document["components"]["schemas"][body["schema"]["$ref"].rsplit("/", 1)[1]]
+    assert {"messages", "temperature", "max_tokens", "tools", "response_format"} <= set(chat["properties"])
+    assert chat["required"] == ["messages"] and document["security"] == [{"bearer": []}]
 
 
 def test_cors_off_by_default_and_on_when_allowed(scripted_model):

@@ -98,7 +98,7 @@ def test_turns_map_onto_glm_turns():
                     {"type": "text", "text": "and tomorrow?"}]}]}
     parsed = parse_messages(body)
     assert parsed.show_thinking and not parsed.omit_thinking and not parsed.chat.parallel_tool_calls
-    assert parsed.chat.sampling.stop == ["END"] and parsed.chat.sampling.max_tokens == 5
+    assert parsed.chat.options.stop == ("END",) and parsed.chat.max_tokens == 5
     assert [t["name"] for t in parsed.chat.tools] == ["get_weather"]
     assert [(m["role"], m["content"]) for m in parsed.chat.messages] == [
         ("system", "S1\nS2"), ("user", "weather?"), ("assistant", "Let me look."), ("assistant", ""),

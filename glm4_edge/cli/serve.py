@@ -21,8 +21,9 @@ def add_parser(subparsers) -> None:
 
     parser = subparsers.add_parser(
         "serve", help="serve the model over an OpenAI-compatible HTTP API",
-        description="Serve a converted model at /v1/chat/completions, /v1/completions and /v1/models, "
-                    "with /health and Prometheus /metrics. Binds 127.0.0.1 unless told otherwise.")
+        description="Serve a converted model at /v1/chat/completions, /v1/completions, /v1/responses, "
+                    "/v1/messages (Anthropic) and /v1/models, with /health, Prometheus /metrics and the API "
+                    "at /docs. Binds 127.0.0.1 unless told otherwise.")
     add_model_args(parser)
     parser.add_argument("--host", default=server.DEFAULT_HOST,
                         help=f"address to bind (default {server.DEFAULT_HOST}; 0.0.0.0 exposes it to the "
