@@ -116,6 +116,17 @@ def test_kiosk_offers_the_image_upload_unless_its_config_turns_it_off(glm4v_mode
         assert page.locator("#image").count() == 0
 
 
+def test_kiosk_idle_reset_empties_a_waiting_image(glm4v_model, page, tmp_path):
+    """The next visitor must not find the last one's photo in the box, sent or not."""
+    from glm4_edge.ui import KioskConfig
+
+    with _serve(glm4v_model, KioskConfig(idle_minutes=0.03)) as (url, _):  # 1.8 s
+        _open(page, url)
+        _upload(page, _photo(tmp_path, "visitor.png", 5))
+        page.locator("#image img").first.wait_for()
+        page.locator("#image img").wait_for(state="detached", timeout=15_000)
+
+
 def test_a_text_only_model_shows_no_image_control(scripted_model, page):
     with _serve(scripted_model) as (url, _):
         _open(page, url)
