@@ -145,3 +145,17 @@ def test_kiosk_config_reads_allow_images(tmp_path):
     config.write_text("allow_images = 1\n")
     with pytest.raises(Glm4EdgeError, match="allow_images must be true or false"):
         load_kiosk_config(config)
+
+
+def test_the_document_context_check_counts_the_image(glm4v_model, tmp_path):
+    """A message with documents and an image: the check before answering counts the image's positions too."""
+    import glm4_edge
+    from glm4_edge.documents import check_fits
+
+    model = glm4_edge.load(glm4v_model)
+    photo = _photo(tmp_path, "photo.png", 3)
+    plain = [{"role": "user", "content": "What is in the picture?"}]
+    with_image = [{**plain[0], "image": str(photo)}]
+    assert check_fits(model, with_image, [], 8) - check_fits(model, plain, [], 8) == model.vision["feature_tokens"]
+    prompt_tokens = list(model.stream(with_image, max_new_tokens=1))[-1].stats.prompt_tokens
+    assert check_fits(model, with_image, [], 8) == prompt_tokens  # what the runtime itself counts
