@@ -114,6 +114,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "image": "Image (one per conversation)",
         "one_image": "This model takes one image per conversation. Press **{clear}** to start a new conversation, "
                      "then send the new image.",
+        "image_question": "Add a question or an instruction for the image, then send.",
         "python": "python",
         "output": "output",
     },
@@ -151,6 +152,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "upload": "文档（PDF、DOCX、HTML、Markdown、文本）",
         "image": "图片（每次对话一张）",
         "one_image": "这个模型每次对话只看一张图片。请按“{clear}”开始新对话，再发送新图片。",
+        "image_question": "请为图片写一个问题或说明，再发送。",
         "python": "python",
         "output": "输出",
     },
@@ -416,6 +418,9 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
             if (not text and not files) or control.busy:
                 # While this tab's answer is queued or streaming, the text stays in the box for later;
                 # `conv` is left alone, as that answer's step still has to find its pending turn.
+                if picture is not None and not control.busy:  # GLM-4V needs words with its image
+                    note(conv, s["image_question"])
+                    return gr.skip(), list(conv.display), conv
                 return gr.skip(), gr.skip(), gr.skip()
             if kiosk and len(text) > config.max_input_chars:
                 # Said in the chat, and the text stays in the box to be shortened; the model never sees it.

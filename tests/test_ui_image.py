@@ -52,6 +52,8 @@ def test_an_image_goes_with_the_message_and_shows_in_the_chat(vision_desktop, pa
     _open(page, url)
     _upload(page, photo)
     page.locator("#image img").first.wait_for()  # the preview
+    page.click("#send")  # an image alone is not a message: the page asks for words with it
+    _last_note(page, "Add a question or an instruction for the image")
     _send(page, "What is in the picture?")
     footer = _wait_footers(page, 1)
     user = page.locator(USER).first
