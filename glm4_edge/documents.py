@@ -233,7 +233,8 @@ def check_fits(model, messages: Sequence[dict], documents: Sequence[Document], m
     numbers and what to do, never cut. `model` is a `glm4_edge.Model` (its `render`, `count_tokens`
     and `context_length`).
     """
-    prompt_tokens = model.count_tokens(model.render(list(messages)))
+    # A GLM-4V conversation's image takes positions its rendered text does not show.
+    prompt_tokens = model.count_tokens(model.render(list(messages))) + model.image_tokens_in(messages)
     context = model.context_length
     if not context or prompt_tokens + max_new_tokens <= context:
         return prompt_tokens

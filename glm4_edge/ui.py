@@ -26,6 +26,7 @@ from typing import Any
 import gradio as gr
 
 from . import documents as docs
+from . import ui_image
 from .code_tool import ToolEvent
 from .errors import Glm4EdgeError
 from .model import Chunk, Model
@@ -110,6 +111,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "too_long": "That message is a little long for me. Please keep it under {limit} characters.",
         "generic_error": "Sorry, something went wrong. Please try again, or start a new chat.",
         "upload": "Documents (PDF, DOCX, HTML, Markdown, text)",
+        "image": "Image (one per conversation)",
+        "one_image": "This model takes one image per conversation. Press **{clear}** to start a new conversation, "
+                     "then send the new image.",
+        "image_question": "Add a question or an instruction for the image, then send.",
         "python": "python",
         "output": "output",
     },
@@ -145,6 +150,9 @@ STRINGS: dict[str, dict[str, str]] = {
         "too_long": "这条消息有点长，请控制在 {limit} 个字以内。",
         "generic_error": "抱歉，出了点问题。请再试一次，或开始新对话。",
         "upload": "文档（PDF、DOCX、HTML、Markdown、文本）",
+        "image": "图片（每次对话一张）",
+        "one_image": "这个模型每次对话只看一张图片。请按“{clear}”开始新对话，再发送新图片。",
+        "image_question": "请为图片写一个问题或说明，再发送。",
         "python": "python",
         "output": "输出",
     },
@@ -154,6 +162,8 @@ CSS = """
 #model-info { opacity: 0.8; }
 .answer-footer { display: block; margin-top: 0.6em; font-size: 0.8em; opacity: 0.65; }
 footer { visibility: visible; }
+/* A file in the chat (an uploaded image) gets Gradio's share button, which posts to Hugging Face: never here. */
+#chatbot button[aria-label="Share"] { display: none; }
 """
 
 # Kiosk: big type and big touch targets (about 60 px, above the 48 px touch guideline).
@@ -181,12 +191,13 @@ class KioskConfig:
     system_prompt: str = ""
     max_input_chars: int = DEFAULT_MAX_INPUT_CHARS  # longer messages get a friendly "too long" note
     allow_upload: bool = False  # documents may be uploaded (off: a public kiosk takes no files)
+    allow_images: bool = True  # a GLM-4V model's image upload (a text-only model never shows one)
 
 
 _CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     "title": (str,), "welcome": (str,), "language": (str,), "idle_minutes": (int, float),
     "examples": (list,), "system_prompt": (str,), "max_input_chars": (int,),
-    "allow_upload": (bool,),
+    "allow_upload": (bool,), "allow_images": (bool,),
 }
 
 
@@ -253,6 +264,7 @@ class Conversation:
     pending: bool = False  # a user turn waits for its answer
     active: float = 0.0  # time.monotonic() of the last use, for the kiosk idle reset
     epoch: int = 0  # `_Control.epoch` when the pending turn was added
+    uploaded: bool = False  # an image was put in the box (a kiosk's idle reset empties it too)
 
 
 @dataclass
@@ -306,6 +318,8 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
     The generation options mean what they mean to `Model.stream` (a bad one raises BadParameterError
     here, before anything is served); the desktop page's sliders start at them and override them.
     `python_tool` lets the model run code in a per-tab sandbox (`glm4_edge.sandbox`); never in kiosk mode.
+    A model that takes images (GLM-4V) gets an image upload (`ui_image`; a kiosk's `allow_images`): the image
+    goes with the message it is sent with, one per conversation.
     """
     kiosk = kiosk_config is not None
     if kiosk and python_tool:
@@ -346,10 +360,18 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
                                         lines=1, max_lines=6, scale=6, autofocus=True, submit_btn=False)
                     send = gr.Button(s["send"], elem_id="send", variant="primary", scale=1, min_width=90)
                     stop = gr.Button(s["stop"], elem_id="stop", variant="stop", scale=1, min_width=90)
-                upload = None
-                if not kiosk or config.allow_upload:
-                    upload = gr.File(label=s["upload"], file_count="multiple", type="filepath", elem_id="upload",
-                                     height=120)
+                upload = image = None
+                show_upload, show_image = not kiosk or config.allow_upload, ui_image.offers_images(model, kiosk_config)
+                if show_upload or show_image:
+                    with gr.Row(equal_height=True):
+                        if show_image:
+                            # image_mode=None: Gradio passes the upload on as it came (see ui_image).
+                            image = gr.Image(label=s["image"], type="filepath", image_mode=None,
+                                             sources=["upload", "clipboard"], elem_id="image", buttons=["fullscreen"],
+                                             height=220 if kiosk else 160, scale=1)
+                        if show_upload:
+                            upload = gr.File(label=s["upload"], file_count="multiple", type="filepath",
+                                             elem_id="upload", height=120, scale=1)
                 with gr.Row():
                     size = "lg" if kiosk else "sm"
                     regenerate = gr.Button(s["regenerate"], elem_id="regenerate", size=size)
@@ -379,21 +401,37 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
 
         # --- handlers -----------------------------------------------------------------------------
 
-        def add_user(text: str, conv: Conversation, request: gr.Request, files: list[str] | None = None):
+        clear_label = s["new_chat"] if kiosk else s["clear"]
+
+        def note(conv: Conversation, content: str) -> None:
+            """A message from the page itself in the chat (never sent to the model)."""
+            message = {"role": "assistant", "content": content}
+            if conv.display and conv.display[-1] == message:
+                conv.display.pop()  # one note, not a stack of them
+            conv.display.append(message)
+            conv.active = time.monotonic()
+
+        def add_user(text: str, conv: Conversation, request: gr.Request, files: list[str] | None = None,
+                     picture: str | None = None):
             control = controls.get(request)
             text = (text or "").strip()
             if (not text and not files) or control.busy:
                 # While this tab's answer is queued or streaming, the text stays in the box for later;
                 # `conv` is left alone, as that answer's step still has to find its pending turn.
+                if picture is not None and not control.busy:  # GLM-4V needs words with its image
+                    note(conv, s["image_question"])
+                    return gr.skip(), list(conv.display), conv
                 return gr.skip(), gr.skip(), gr.skip()
             if kiosk and len(text) > config.max_input_chars:
                 # Said in the chat, and the text stays in the box to be shortened; the model never sees it.
-                note = {"role": "assistant", "content": s["too_long"].format(limit=config.max_input_chars)}
-                if conv.display and conv.display[-1] == note:
-                    conv.display.pop()  # one note, not a stack of them
-                conv.display.append(note)
-                conv.active = time.monotonic()
+                note(conv, s["too_long"].format(limit=config.max_input_chars))
                 return gr.skip(), list(conv.display), conv
+            if picture is not None:  # refused before anything is sent; the question and the image stay
+                problem = (s["one_image"].format(clear=clear_label) if ui_image.holds_image(conv.turns)
+                           else ui_image.image_problem(picture))
+                if problem:
+                    note(conv, f"⚠️ {problem}")
+                    return gr.skip(), list(conv.display), conv
             read: list[docs.Document] = []
             try:
                 read = [docs.read_document(path, name=Path(path).name) for path in files or []]
@@ -403,10 +441,14 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
             if conv.turns and conv.turns[-1]["role"] == "user":
                 conv.turns.pop()  # an earlier question whose answer failed: the user moved on
             shown = "".join(f"📄 {d.name} · {d.chars:,} characters  \n" for d in read)
-            conv.display.append({"role": "user", "content": shown + ("\n" + text if read else text)})
+            shown += "\n" + text if read else text
+            conv.display.append({"role": "user",
+                                 "content": ui_image.shown_with_image(picture, shown) if picture else shown})
             turn: dict[str, Any] = {"role": "user", "content": docs.document_prompt(read, text)}
             if read:
                 turn["_documents"] = read  # for the context check once max_new_tokens is known
+            if picture:
+                turn["image"] = picture  # the runtime's own message key (glm4_edge.vision.split_image)
             conv.turns.append(turn)
             conv.pending, conv.active, conv.epoch = True, time.monotonic(), control.epoch
             control.busy = True
@@ -552,9 +594,28 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
 
         def idle_check(conv: Conversation, request: gr.Request):
             control = controls.get(request)
-            if control.busy or not conv.display or time.monotonic() - conv.active < idle_s:
+            waiting = [] if image is None else [None]  # the next visitor does not get the last one's image
+            if control.busy or not (conv.display or conv.uploaded) or time.monotonic() - conv.active < idle_s:
+                return (gr.skip(),) * (3 + len(waiting))
+            return (*reset(request), *waiting)
+
+        def check_image(value: Any, conv: Conversation, request: gr.Request):
+            """On upload, said at once: a file that is no usable image (it leaves the box), or that this conversation
+            already has its image (the new one stays in the box, to be sent after Clear)."""
+            path = ui_image.uploaded_path(value)
+            if path is None:
                 return gr.skip(), gr.skip(), gr.skip()
-            return reset(request)
+            problem = ui_image.image_problem(path)
+            if controls.get(request).busy:  # the streaming answer owns `conv` until it ends: a toast instead
+                if problem:
+                    gr.Warning(problem)
+                return None if problem else gr.skip(), gr.skip(), gr.skip()
+            conv.uploaded, conv.active = True, time.monotonic()
+            if problem is None and not ui_image.holds_image(conv.turns):
+                return gr.skip(), gr.skip(), conv
+            kept = None if problem else gr.skip()
+            note(conv, f"⚠️ {problem or s['one_image'].format(clear=clear_label)}")
+            return kept, list(conv.display), conv
 
         def forget_tab(request: gr.Request) -> None:
             controls.drop(request)
@@ -571,28 +632,35 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
                             concurrency_limit=1, concurrency_id=MODEL_CONCURRENCY_ID, show_progress="minimal",
                             api_visibility="private").then(release, [conversation], None, **instant)
 
-        if upload is None:
-            for trigger in (prompt.submit, send.click):
-                then_answer(trigger(add_user, [prompt, conversation], [prompt, chatbot, conversation], **instant))
-        else:
-            def add_user_with_files(text: str, files: list[str] | None, conv: Conversation, request: gr.Request):
-                outcome = add_user(text, conv, request, files)
-                sent = outcome[0] == ""  # the message went in: its files go with it
-                return outcome[0], (None if sent else gr.skip()), outcome[1], outcome[2]
+        boxes = [box for box in (upload, image) if box is not None]
+        absent = gr.State(None)  # stands in for an upload box this page does not have
 
-            for trigger in (prompt.submit, send.click):
-                then_answer(trigger(add_user_with_files, [prompt, upload, conversation],
-                                    [prompt, upload, chatbot, conversation], **instant))
+        def add_user_with(text: str, conv: Conversation, files: list[str] | None, picture: str | None,
+                          request: gr.Request):
+            outcome = add_user(text, conv, request, files, picture)
+            sent = outcome[0] == ""  # the message went in: its files go with it
+            return (outcome[0], *[None if sent else gr.skip()] * len(boxes), outcome[1], outcome[2])
+
+        for trigger in (prompt.submit, send.click):
+            then_answer(trigger(add_user_with, [prompt, conversation, absent if upload is None else upload,
+                                                absent if image is None else image],
+                                [prompt, *boxes, chatbot, conversation], **instant))
+        if image is not None:
+            # Queued (so that gr.Warning reaches the page) but never behind an answer: no concurrency limit.
+            image.upload(check_image, [image, conversation], [image, chatbot, conversation], preprocess=False,
+                         concurrency_limit=None, show_progress="hidden", api_visibility="private")
         then_answer(chatbot.example_select(add_example, [conversation], [prompt, chatbot, conversation],
                                            **instant))
         then_answer(regenerate.click(retry, [conversation], [chatbot, conversation], **instant))
         # Stop runs outside the queue: queued behind the answer it is meant to stop, it would be useless.
         stop.click(stop_answer, None, None, **instant)
+        # Clear keeps an image waiting in the box: it is how a second image starts its own conversation.
         clear.click(reset, None, [chatbot, conversation, prompt], **instant)
         chatbot.clear(reset, None, [chatbot, conversation, prompt], **instant)  # the Chatbot's own bin icon
         if idle_s:
             timer = gr.Timer(min(MAX_IDLE_CHECK_S, idle_s / IDLE_CHECKS_PER_TIMEOUT))
-            timer.tick(idle_check, [conversation], [chatbot, conversation, prompt], **instant)
+            timer.tick(idle_check, [conversation], [chatbot, conversation, prompt, *([] if image is None else [image])],
+                       **instant)
         app.unload(forget_tab)
 
     app.glm4_edge_kiosk = kiosk  # read by `launch` for the theme, CSS and footer

@@ -141,3 +141,19 @@ def python_model(workdir) -> Path:
 
     source = build_scripted_checkpoint(workdir / "python-tool", PYTHON_CALL_PIECES, end="<|observation|>")
     return _convert(source, workdir / "python-tool-fp16-ov", weight_format="fp16")
+
+
+@pytest.fixture(scope="session")
+def glm4v_checkpoint(workdir) -> Path:
+    """A tiny random GLM-4V checkpoint in the real layout (legacy chatglm + vision tower), see test_vision."""
+    from glm4_edge.convert.vision_synthetic import build_vision_checkpoint
+
+    folder = workdir / "glm4v"
+    folder.mkdir()
+    return build_vision_checkpoint(folder / "tiny-glm-4v")
+
+
+@pytest.fixture(scope="session")
+def glm4v_model(glm4v_checkpoint) -> Path:
+    """`glm4v_checkpoint` converted at fp16 (weights stored exactly: see test_vision)."""
+    return _convert(glm4v_checkpoint, glm4v_checkpoint.parent / "tiny-glm-4v-fp16-ov", weight_format="fp16")

@@ -19,8 +19,6 @@ import glm4_edge
 from glm4_edge import images
 from glm4_edge.errors import BadParameterError, Glm4EdgeError, ModelFormatError
 
-from .conftest import _convert
-
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 # Measured on the tiny model (fp16 IR, f32 inference): features 1.5e-7, logits 5.5e-4 on logits of
 # magnitude ~3.5; the limits leave a margin and are far below what a wrong position rule gives (> 0.05).
@@ -29,15 +27,13 @@ LOGIT_TOLERANCE = 3e-3
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    from glm4_edge.convert.vision_synthetic import build_vision_checkpoint
-
-    return build_vision_checkpoint(tmp_path_factory.mktemp("glm4v") / "tiny-glm-4v")
+def checkpoint(glm4v_checkpoint) -> Path:
+    return glm4v_checkpoint  # session-wide (conftest): the UI tests use the same tiny model
 
 
 @pytest.fixture(scope="module")
-def converted(checkpoint) -> Path:
-    return _convert(checkpoint, checkpoint.parent / "tiny-glm-4v-fp16-ov", weight_format="fp16")
+def converted(glm4v_model) -> Path:
+    return glm4v_model
 
 
 @pytest.fixture(scope="module")
