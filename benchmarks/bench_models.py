@@ -58,7 +58,8 @@ class Variant:
 ASYM = (("sym", False), ("backup_precision", "int8_asym"), ("ratio", 1.0))
 SYM = (("sym", True), ("backup_precision", "int8_sym"), ("ratio", 1.0))
 VARIANTS = {
-    "edge-int4-gpu": Variant("edge-int4-gpu", preset="gpu", label="glm4-edge INT4 gpu/npu preset (sym g128)"),
+    "edge-int4-gpu": Variant("edge-int4-gpu", preset="gpu",
+                             label="glm4-edge INT4 gpu preset (as convert --device gpu writes it)"),
     "edge-int4-asym-g128": Variant("edge-int4-asym-g128", overrides=(*ASYM, ("group_size", 128)),
                                    label="glm4-edge INT4 asym g128 (the first cpu preset)"),
     "edge-int4-asym-g64": Variant("edge-int4-asym-g64", overrides=(*ASYM, ("group_size", 64)),

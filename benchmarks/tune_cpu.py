@@ -48,7 +48,7 @@ class Setting:
     threads: int = 0
 
 
-SYM = "edge-int4-gpu"  # symmetric INT4 group 128 (the gpu preset)
+SYM = "edge-int4-sym-g128"  # symmetric INT4 group 128 (the former gpu preset; the npu preset up to 5B)
 ASYM = "edge-int4-asym-g128"  # asymmetric INT4 group 128 (the first cpu preset)
 # glm4_edge.load sets DYNAMIC_QUANTIZATION_GROUP_SIZE on CPU; a setting that wants OpenVINO's own
 # default says so with this value.
@@ -123,6 +123,7 @@ SETTINGS = [
     Setting("sym-g32", "sym g32 (Q4_0's layout), DQ 128", "edge-int4-sym-g32"),
     Setting("sym-cw-fast", "sym channel-wise (the fast preset), DQ 128", "edge-int4-sym-cw"),
     Setting("int8", "INT8 asym channel-wise, DQ 128", "edge-int8"),
+    Setting("sym-g128", "sym g128 (the npu preset up to 5B parameters)", "edge-int4-sym-g128"),
 ]
 
 
