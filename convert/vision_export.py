@@ -133,7 +133,7 @@ def convert_vision_tower(source_folder: Path, out: Path, weight_format: str) -> 
     # torch.export traces with fake tensors: no forward pass runs. TorchScript tracing (convert_model's
     # default for a module) runs one, which for glm-4v-9b's tower is ~73 TFLOP at 6401 tokens, in float16:
     # PyTorch's CPU float16 matmul is a slow fallback (one 1601x1792x15360 product did not finish in 5
-    # minutes on this project's machine, 2.3 s in float32), so the trace would take days.
+    # minutes on this project's machine, 2.3 s in float32), so the trace would take hours to days.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter about shape arithmetic, which the static shape makes exact
         model = ov.convert_model(torch.export.export(tower, (example,)))
