@@ -66,7 +66,7 @@ def prepare(args) -> tuple[Path, Path]:
     text_source = source.with_name(source.name + "-text")
     if not text_source.is_dir():
         text_only_view(source, text_source)
-    vision_model = convert(source, OUT / f"{source.name}-{args.weight_format}-ov", args.weight_format, True)
+    vision_model = convert(source, OUT / f"{source.name}-{args.weight_format}-speed-ov", args.weight_format, True)
     text_model = convert(text_source, OUT / f"{text_source.name}-{args.weight_format}-ov", args.weight_format,
                          False)
     return vision_model, text_model
