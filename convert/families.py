@@ -105,7 +105,7 @@ def weight_files(folder: Path) -> list[Path]:
 
 def iter_tensors(folder: Path, skip_prefix: str | None = None):
     """(name, tensor) over every shard, one shard in memory at a time; safetensors names starting with
-    `skip_prefix` are not even read (GLM-4V's 8.9 GB vision tower, when remapping its language model)."""
+    `skip_prefix` are not even read (GLM-4V's 9.0 GB vision tower, when remapping its language model)."""
     import torch
     from safetensors import safe_open
 

@@ -29,8 +29,8 @@ from glm4_edge.images import (
 )
 
 EXPORTED_XML = "openvino_model.xml"
-# Above this many float32 bytes the tower is traced in float16, so that a 4.3B-parameter tower needs
-# ~8.6 GB rather than ~17 GB. Not bfloat16 (the checkpoint's dtype): OpenVINO 2026.4.1 computes a
+# Above this many float32 bytes the tower is traced in float16, so that a 4.5B-parameter tower needs
+# ~9 GB rather than ~18 GB. Not bfloat16 (the checkpoint's dtype): OpenVINO 2026.4.1 computes a
 # bf16-traced tower wrongly (NaN on the tiny test tower), an fp16-traced one within 1e-4 of float32;
 # the vision tower's weights are well inside fp16's range.
 FLOAT32_TRACE_LIMIT_BYTES = 4 << 30
@@ -38,7 +38,7 @@ FLOAT32_TRACE_LIMIT_BYTES = 4 << 30
 # in fp16, 4 in f32; the IR shares them with torch) and what NNCF's INT8 compression adds while both
 # copies live. Measured on glm-4v-9b-width towers of 2 and 8 blocks (0.36B and 0.77B parameters, fp16):
 # anonymous peaks 1.85 and 2.92 GB, i.e. 2.62 bytes a parameter plus 0.9 GB (Python, torch, OpenVINO,
-# NNCF), so ~12.5 GB for the 4.44B-parameter tower; the language model is released before this stage.
+# NNCF), so ~12.7 GB for the 4.51B-parameter tower; the language model is released before this stage.
 TOWER_RAM_BASE_BYTES = 1_000_000_000
 TOWER_RAM_INT8_COPY = 0.65
 
@@ -159,7 +159,7 @@ def convert_vision_tower(source_folder: Path, out: Path, weight_format: str) -> 
 
 
 def tower_parameters(config: dict[str, Any]) -> int:
-    """Parameters of the checkpoint's vision tower, from its config.json (4.44B for glm-4v-9b).
+    """Parameters of the checkpoint's vision tower, from its config.json (4.51B for glm-4v-9b).
 
     Every `transformer.vision.*` tensor: patch embedding and positions, the blocks (weights, biases,
     LayerNorms), the 2x2 conv, the GLU projection and boi/eoi. Raises ModelFormatError for an
@@ -176,7 +176,7 @@ def tower_parameters(config: dict[str, Any]) -> int:
 
 
 def checkpoint_tower_bytes(config: dict[str, Any]) -> int:
-    """Bytes of the vision tower in the checkpoint's shards (its `torch_dtype`; glm-4v-9b: bf16, 8.9 GB)."""
+    """Bytes of the vision tower in the checkpoint's shards (its `torch_dtype`; glm-4v-9b: bf16, 9.0 GB)."""
     itemsize = 4 if str(config.get("torch_dtype", "bfloat16")) == "float32" else 2
     return itemsize * tower_parameters(config)
 
