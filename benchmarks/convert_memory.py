@@ -1,11 +1,17 @@
-"""Peak memory of `glm4-edge convert` on a GLM-4-9B-shaped bf16 checkpoint (random weights).
+"""Peak memory of `glm4-edge convert` on a GLM-4-9B- or GLM-4V-9B-shaped bf16 checkpoint (random weights).
 
     python benchmarks/convert_memory.py --layers 4            # 3.9 GB checkpoint
     python benchmarks/convert_memory.py --layers 40           # the full 18.8 GB GLM-4-9B shape
+    python benchmarks/convert_memory.py --vision --layers 40  # the full ~28 GB GLM-4V-9B shape
+    python benchmarks/convert_memory.py --vision --layers 2 --vision-layers 2 --vocab 16384   # a smoke run
 
-Builds the checkpoint once under benchmarks/out/, then runs the real CLI in a child process and reads
-its peak resident memory (VmHWM: ru_maxrss would carry the
-parent's peak across exec), its sampled peak of anonymous memory and wall time. Not part of `make test`.
+Builds the checkpoint once under benchmarks/out/, then converts it in a child process and reads its
+peak resident memory (VmHWM: ru_maxrss would carry the parent's peak across exec), its sampled peak
+of anonymous memory and wall time. Text models run the real CLI. GLM-4V runs `convert()` (what the
+CLI calls) with its progress lines on stdout, so the anonymous peak is also given per stage: the
+vision stage's peak against the language stages' shows whether the two parts were resident together.
+A vision tower smaller than glm-4v-9b's is traced in float16 all the same (as the full-size one is),
+so that a smoke run takes the full-size path. Not part of `make test`.
 """
 
 from __future__ import annotations
@@ -16,11 +22,14 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "out"
 SAMPLE_S = 0.05
+VISION_STAGE = "converting the vision encoder"  # convert's progress line (vision_export.finish_vision)
+STAGE_PREFIX = "stage: "  # the child's progress lines, apart from what NNCF prints
 
 
 def build(layers: int) -> Path:
@@ -53,6 +62,22 @@ def build(layers: int) -> Path:
     return folder
 
 
+def build_vision(layers: int, vision_layers: int, vocab: int) -> Path:
+    """A GLM-4V-9B-shaped bf16 checkpoint (`layers` language and `vision_layers` vision blocks), built once."""
+    from glm4_edge.convert.vision_synthetic import (
+        GLM4V_9B_LANGUAGE,
+        GLM4V_9B_VISION,
+        build_sharded_vision_checkpoint,
+    )
+
+    folder = OUT / f"glm4v-9b-shaped-L{layers}-V{vision_layers}-vocab{vocab}-bf16"
+    if not (folder / "config.json").is_file():
+        build_sharded_vision_checkpoint(
+            folder, dataclasses.replace(GLM4V_9B_LANGUAGE, num_hidden_layers=layers, vocab_size=vocab),
+            dataclasses.replace(GLM4V_9B_VISION, num_hidden_layers=vision_layers))
+    return folder
+
+
 def _resident(pid: int) -> tuple[int, int, int]:
     """(anonymous, file-backed, peak) resident bytes of a process, from /proc."""
     fields = {}
@@ -64,16 +89,31 @@ def _resident(pid: int) -> tuple[int, int, int]:
             fields.get("VmHWM", 0))
 
 
-def measure(source: Path, weight_format: str) -> dict:
+def measure(source: Path, weight_format: str, vision: bool = False) -> dict:
     """Peak RSS, and apart from it the peak of anonymous memory: file-backed pages (the memory-mapped
     checkpoint and IR) count in RSS but are page cache the kernel drops under pressure, so the anonymous
     peak is what a machine must really have free."""
     output = OUT / f"{source.name}-{weight_format}-ov"
     shutil.rmtree(output, ignore_errors=True)
     started = time.perf_counter()
-    # --no-resource-check: this measures what converting takes, the estimate must not stand in the way.
-    child = subprocess.Popen([sys.executable, "-m", "glm4_edge.cli.main", "convert", str(source), "-o",
-                              str(output), "--weight-format", weight_format, "--quiet", "--no-resource-check"])
+    if vision:
+        command = [sys.executable, __file__, "--child", str(source), str(output), weight_format]
+    else:
+        # --no-resource-check: this measures what converting takes, the estimate must not stand in the way.
+        command = [sys.executable, "-m", "glm4_edge.cli.main", "convert", str(source), "-o", str(output),
+                   "--weight-format", weight_format, "--quiet", "--no-resource-check"]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE if vision else None, text=True)
+    stage = ["start"]
+    stage_peaks: dict[str, int] = {}
+    stage_started: dict[str, float] = {}
+    if vision:
+        def follow() -> None:
+            for line in child.stdout:
+                if line.startswith(STAGE_PREFIX):
+                    stage[0] = line[len(STAGE_PREFIX):].strip()
+                    stage_started.setdefault(stage[0], time.perf_counter() - started)
+
+        threading.Thread(target=follow, daemon=True).start()
     peak_anon = peak_total = peak = 0
     while child.poll() is None:
         try:
@@ -81,30 +121,73 @@ def measure(source: Path, weight_format: str) -> dict:
         except (OSError, ValueError):
             break
         peak_anon, peak_total, peak = max(peak_anon, anon), max(peak_total, anon + mapped), max(peak, high_water)
+        stage_peaks[stage[0]] = max(stage_peaks.get(stage[0], 0), anon)
         time.sleep(SAMPLE_S)
     if child.wait() != 0:
         raise SystemExit(f"convert failed with exit code {child.returncode}")
     seconds = time.perf_counter() - started
     checkpoint = sum(p.stat().st_size for p in source.glob("*.safetensors"))
-    result = {"layers": json.loads((source / "config.json").read_text())["num_hidden_layers"],
+    config = json.loads((source / "config.json").read_text())
+    result = {"layers": config["num_hidden_layers"],
               "weight_format": weight_format, "checkpoint_gb": round(checkpoint / 1e9, 2),
               "peak_rss_gb": round(peak / 1e9, 2), "ratio": round(peak / checkpoint, 2),
               "peak_anonymous_gb": round(peak_anon / 1e9, 2), "anonymous_ratio": round(peak_anon / checkpoint, 2),
               "sampled_peak_rss_gb": round(peak_total / 1e9, 2),
               "seconds": round(seconds, 1),
               "output_gb": round(sum(p.stat().st_size for p in output.rglob("*") if p.is_file()) / 1e9, 2)}
+    if vision:
+        result.update(vision_layers=config["vision_config"]["num_hidden_layers"], **_vision_figures(
+            source, weight_format, stage_peaks, stage_started, seconds))
     shutil.rmtree(output, ignore_errors=True)
     return result
 
 
+def _vision_figures(source: Path, weight_format: str, stage_peaks: dict[str, int], stage_started: dict[str, float],
+                    seconds: float) -> dict:
+    """Per-stage anonymous peaks, the vision stage against the rest, and convert's own RAM estimate."""
+    from glm4_edge.convert import families
+    from glm4_edge.convert.export import resource_needs
+
+    stages = list(stage_peaks)
+    at = stages.index(VISION_STAGE) if VISION_STAGE in stages else len(stages)
+    before, after = stages[:at], stages[at:]
+    info = families.detect_family(source)
+    _, need_ram = resource_needs(info, families.checkpoint_bytes(source), weight_format, staged_copy=True)
+    return {"peak_anonymous_before_vision_gb": round(max((stage_peaks[s] for s in before), default=0) / 1e9, 2),
+            "peak_anonymous_vision_gb": round(max((stage_peaks[s] for s in after), default=0) / 1e9, 2),
+            "vision_seconds": round(seconds - stage_started.get(VISION_STAGE, seconds), 1),
+            "estimated_ram_gb": round(need_ram / 1e9, 2),
+            "stage_peak_anonymous_gb": {s: round(stage_peaks[s] / 1e9, 2) for s in stages}}
+
+
+def child(source: str, output: str, weight_format: str) -> None:
+    """Convert with progress lines on stdout; the vision tower traced in float16 whatever its size."""
+    from glm4_edge.convert import vision_export
+    from glm4_edge.convert.export import ConvertOptions, convert
+
+    vision_export.FLOAT32_TRACE_LIMIT_BYTES = 0
+    convert(ConvertOptions(source=source, output=Path(output), weight_format=weight_format, check_resources=False),
+            progress=lambda message: print(STAGE_PREFIX + message, flush=True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--layers", type=int, default=4, help="language layers (GLM-4-9B and GLM-4V-9B: 40)")
     parser.add_argument("--weight-format", default="int4", choices=("int4", "int8", "fp16"))
+    parser.add_argument("--vision", action="store_true", help="a GLM-4V-9B-shaped checkpoint (vision tower too)")
+    parser.add_argument("--vision-layers", type=int, default=63, help="vision blocks with --vision (glm-4v-9b: 63)")
+    parser.add_argument("--vocab", type=int, default=151552, help="vocabulary with --vision (smaller: smoke runs)")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return
     OUT.mkdir(parents=True, exist_ok=True)
-    source = build(args.layers)
-    print(json.dumps(measure(source, args.weight_format)))
+    if args.vision:
+        source = build_vision(args.layers, args.vision_layers, args.vocab)
+    else:
+        source = build(args.layers)
+    print(json.dumps(measure(source, args.weight_format, vision=args.vision)))
 
 
 if __name__ == "__main__":

@@ -259,14 +259,27 @@ def default_output(folder: Path, options: ConvertOptions) -> Path:
 
 def resource_needs(source: families.SourceInfo, source_bytes: int, weight_format: str,
                    staged_copy: bool) -> tuple[int, int]:
-    """(disk, RAM) bytes a conversion needs free, from the constants above."""
+    """(disk, RAM) bytes a conversion needs free, from the constants above.
+
+    GLM-4V: the language model and the vision tower are converted one after the other, never resident
+    together, so RAM is the larger of the two stages (`vision_export.tower_ram_bytes`); disk adds the
+    vision-encoder IR and the split language IR's second copy, and the tower's own shards are not
+    staged or exported to an fp16 IR (they are `source_bytes` less the language part's).
+    """
     compressed = DISK_COMPRESSED[weight_format]
-    disk = (DISK_FP16_IR + compressed + (DISK_STAGED_COPY if staged_copy else 0.0)) * source_bytes
+    tower_bytes = vision_export.checkpoint_tower_bytes(source.config) if source.vision else 0
+    language_bytes = max(source_bytes - tower_bytes, 0)
+    disk = (DISK_FP16_IR + compressed + (DISK_STAGED_COPY if staged_copy else 0.0)) * language_bytes
     working = 0.0
     if weight_format != "fp16":
         largest = _largest_matrix_bytes(source.config, source.family)
-        working = max(RAM_LARGEST_MATRIX_COPIES * largest, compressed * source_bytes)
-    return int(disk * DISK_MARGIN), int((RAM_BASE_BYTES + working) * RAM_MARGIN)
+        working = max(RAM_LARGEST_MATRIX_COPIES * largest, compressed * language_bytes)
+    ram = RAM_BASE_BYTES + working
+    if source.vision:
+        # split_language_model writes the (compressed) language IR again before deleting the first copy
+        disk += (compressed or 1.0) * language_bytes + vision_export.tower_ir_bytes(source.config, weight_format)
+        ram = max(ram, vision_export.tower_ram_bytes(source.config, weight_format))
+    return int(disk * DISK_MARGIN), int(ram * RAM_MARGIN)
 
 
 def check_resources(source_bytes: int, parent: Path, need_disk: int, need_ram: int) -> None:

@@ -29,11 +29,18 @@ from glm4_edge.images import (
 )
 
 EXPORTED_XML = "openvino_model.xml"
-# Above this many float32 bytes the tower is traced in float16, so that a 4.3B-parameter tower needs
-# ~8.6 GB rather than ~17 GB. Not bfloat16 (the checkpoint's dtype): OpenVINO 2026.4.1 computes a
+# Above this many float32 bytes the tower is traced in float16, so that a 4.5B-parameter tower needs
+# ~9 GB rather than ~18 GB. Not bfloat16 (the checkpoint's dtype): OpenVINO 2026.4.1 computes a
 # bf16-traced tower wrongly (NaN on the tiny test tower), an fp16-traced one within 1e-4 of float32;
 # the vision tower's weights are well inside fp16's range.
 FLOAT32_TRACE_LIMIT_BYTES = 4 << 30
+# RAM of the vision stage (`tower_ram_bytes`): a base plus, per tower parameter, the traced weights (2 bytes
+# in fp16, 4 in f32; the IR shares them with torch) and what NNCF's INT8 compression adds while both
+# copies live. Measured on glm-4v-9b-width towers of 2 and 8 blocks (0.36B and 0.77B parameters, fp16):
+# anonymous peaks 1.85 and 2.92 GB, i.e. 2.62 bytes a parameter plus 0.9 GB (Python, torch, OpenVINO,
+# NNCF), so ~12.7 GB for the 4.51B-parameter tower; the language model is released before this stage.
+TOWER_RAM_BASE_BYTES = 1_000_000_000
+TOWER_RAM_INT8_COPY = 0.65
 
 
 def check_source(folder: Path) -> None:
@@ -117,15 +124,19 @@ def convert_vision_tower(source_folder: Path, out: Path, weight_format: str) -> 
     from .families import read_config
     from .vision_reference import VisionConfig, load_vision_tower
 
-    config = VisionConfig.of(read_config(source_folder))
-    tower_bytes = 4 * _vision_parameters(config)
-    dtype = torch.float32 if tower_bytes <= FLOAT32_TRACE_LIMIT_BYTES else torch.float16
+    raw_config = read_config(source_folder)
+    config = VisionConfig.of(raw_config)
+    dtype = torch.float32 if 4 * tower_parameters(raw_config) <= FLOAT32_TRACE_LIMIT_BYTES else torch.float16
     tower = load_vision_tower(source_folder, dtype)
     size = config.image_size
     example = torch.zeros(1, config.in_channels, size, size, dtype=dtype)
+    # torch.export traces with fake tensors: no forward pass runs. TorchScript tracing (convert_model's
+    # default for a module) runs one, which for glm-4v-9b's tower is ~73 TFLOP at 6401 tokens, in float16:
+    # PyTorch's CPU float16 matmul is a slow fallback (one 1601x1792x15360 product did not finish in 5
+    # minutes on this project's machine, 2.3 s in float32), so the trace would take hours to days.
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer chatter about shape arithmetic, which the static shape makes exact
-        model = ov.convert_model(tower, example_input=example)
+        warnings.simplefilter("ignore")  # exporter chatter about shape arithmetic, which the static shape makes exact
+        model = ov.convert_model(torch.export.export(tower, (example,)))
     del tower
     gc.collect()
     model.reshape({model.inputs[0]: ov.PartialShape([1, config.in_channels, size, size])})
@@ -147,10 +158,41 @@ def convert_vision_tower(source_folder: Path, out: Path, weight_format: str) -> 
     return vision_format
 
 
-def _vision_parameters(c) -> int:
+def tower_parameters(config: dict[str, Any]) -> int:
+    """Parameters of the checkpoint's vision tower, from its config.json (4.51B for glm-4v-9b).
+
+    Every `transformer.vision.*` tensor: patch embedding and positions, the blocks (weights, biases,
+    LayerNorms), the 2x2 conv, the GLU projection and boi/eoi. Raises ModelFormatError for an
+    incomplete `vision_config`.
+    """
+    from .vision_reference import VisionConfig
+
+    c = VisionConfig.of(config)
     h, ffn, th, tffn = c.hidden_size, c.intermediate_size, c.text_hidden_size, c.text_ffn_hidden_size
-    block = 4 * h * h + 2 * h * ffn
-    return c.num_hidden_layers * block + h * h + 4 * h * th + th * th + 3 * th * tffn
+    block = 4 * h * h + 2 * h * ffn + 9 * h + ffn
+    patches = h * c.in_channels * c.patch_size ** 2 + 2 * h + (c.grid * c.grid + 1) * h
+    projection = 4 * h * th + th + th * th + 2 * th + 3 * th * tffn + 2 * th
+    return c.num_hidden_layers * block + patches + projection
+
+
+def checkpoint_tower_bytes(config: dict[str, Any]) -> int:
+    """Bytes of the vision tower in the checkpoint's shards (its `torch_dtype`; glm-4v-9b: bf16, 9.0 GB)."""
+    itemsize = 4 if str(config.get("torch_dtype", "bfloat16")) == "float32" else 2
+    return itemsize * tower_parameters(config)
+
+
+def tower_ram_bytes(config: dict[str, Any], weight_format: str) -> int:
+    """Anonymous memory the vision stage needs (no margin): the tower in its trace dtype, held by the traced
+    IR, plus NNCF's INT8 copy (int4/int8 models), plus activations; see TOWER_RAM_* for the measurement."""
+    parameters = tower_parameters(config)
+    trace_itemsize = 4 if 4 * parameters <= FLOAT32_TRACE_LIMIT_BYTES else 2
+    per_parameter = trace_itemsize + (TOWER_RAM_INT8_COPY if weight_format != "fp16" else 0.0)
+    return int(TOWER_RAM_BASE_BYTES + per_parameter * parameters)
+
+
+def tower_ir_bytes(config: dict[str, Any], weight_format: str) -> int:
+    """Disk of the vision-encoder IR: INT8 (one byte a parameter) or fp16 (two)."""
+    return (2 if weight_format == "fp16" else 1) * tower_parameters(config)
 
 
 def finish_vision(out: Path, source_folder: Path, tokenizer_folder: Path, weight_format: str,

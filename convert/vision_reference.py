@@ -188,7 +188,7 @@ def load_vision_tower(folder: Path, dtype: torch.dtype = torch.float32) -> Visio
     """The checkpoint's vision tower, read shard by shard: only `transformer.vision.*` tensors are loaded.
 
     Built on the meta device and filled by assignment, so peak memory is the tower's weights once
-    (about 8.6 GB in bf16 for glm-4v-9b's 4.3B vision parameters, twice that in float32).
+    (about 9.0 GB in fp16 for glm-4v-9b's 4.51B vision parameters, twice that in float32).
     Raises ModelFormatError if a tensor is missing or has the wrong shape.
     """
     from safetensors import safe_open

@@ -1,4 +1,5 @@
-"""Tiny random GLM-4V-9B checkpoints in the real (THUDM/glm-4v-9b) layout, for tests.
+"""Random GLM-4V-9B checkpoints in the real (THUDM/glm-4v-9b) layout: tiny ones for tests, full-size ones
+(`build_sharded_vision_checkpoint`, written shard by shard) for the conversion and speed benchmarks.
 
 The language part is a legacy `chatglm` checkpoint (`synthetic.write_legacy_chatglm`), as glm-4v-9b
 ships it; the vision tower adds a `vision_config` to config.json and `transformer.vision.*` tensors
@@ -10,6 +11,7 @@ projection, boi/eoi). The tokenizer is GLM-4's tiktoken layout, whose special to
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -20,6 +22,7 @@ from glm4_edge.glm_format import SPECIAL_TOKENS
 from .synthetic import LEGACY_EXTRA_SPECIALS, TINY, WEIGHT_STD, Shape, build_checkpoint, build_tokenizer
 
 BOI_TOKEN, EOI_TOKEN = "<|begin_of_image|>", "<|end_of_image|>"
+VISION_PREFIX = "transformer.vision."
 
 
 @dataclass(frozen=True)
@@ -149,4 +152,154 @@ def copy_without_vision(folder: Path, out: Path) -> Path:
     (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "model-00002-of-00002.safetensors").unlink()
     (out / "model.safetensors.index.json").unlink()
+    return out
+
+
+# --- full-size shapes for benchmarks ---------------------------------------------------------------
+
+# glm-4v-9b's language part: GLM-4-9B's shape (GLM4V_FORMAT.md; THUDM/glm-4v-9b config.json).
+GLM4V_9B_LANGUAGE = Shape(4096, 13696, 40, 32, 2, 128, 151552)
+GLM4V_9B_SEQ_LENGTH = 8192
+DEFAULT_SHARD_BYTES = 2_000_000_000  # the hub's 2 GB shards, and what one shard costs in RAM while written
+BENCHMARK_WEIGHT_STD = 0.02  # the usual init scale: keeps 63 fp16 vision blocks far from overflow
+
+
+def legacy_language_shapes(shape: Shape) -> dict[str, tuple]:
+    """Name -> shape of every tensor of a legacy `chatglm` language model (glm-4-9b-chat, glm-4v-9b)."""
+    h, ffn, vocab = shape.hidden_size, shape.intermediate_size, shape.vocab_size
+    if vocab is None:
+        raise ValueError("legacy_language_shapes needs a Shape with its vocab_size")
+    qkv = (shape.num_attention_heads + 2 * shape.num_key_value_heads) * shape.head_dim
+    shapes: dict[str, tuple] = {"transformer.embedding.word_embeddings.weight": (vocab, h)}
+    for n in range(shape.num_hidden_layers):
+        layer = f"transformer.encoder.layers.{n}."
+        shapes.update({
+            layer + "input_layernorm.weight": (h,),
+            layer + "self_attention.query_key_value.weight": (qkv, h),
+            layer + "self_attention.query_key_value.bias": (qkv,),
+            layer + "self_attention.dense.weight": (h, shape.num_attention_heads * shape.head_dim),
+            layer + "post_attention_layernorm.weight": (h,),
+            layer + "mlp.dense_h_to_4h.weight": (2 * ffn, h),
+            layer + "mlp.dense_4h_to_h.weight": (h, ffn),
+        })
+    shapes.update({"transformer.encoder.final_layernorm.weight": (h,), "transformer.output_layer.weight": (vocab, h)})
+    return shapes
+
+
+def sized_config(config: dict, shape: Shape, vision: VisionShape, seq_length: int = GLM4V_9B_SEQ_LENGTH) -> dict:
+    """A legacy GLM-4V config.json (as `build_vision_checkpoint` writes) resized to `shape` and `vision`."""
+    return {**config, "hidden_size": shape.hidden_size, "ffn_hidden_size": shape.intermediate_size,
+            "kv_channels": shape.head_dim, "num_attention_heads": shape.num_attention_heads,
+            "multi_query_group_num": shape.num_key_value_heads, "num_layers": shape.num_hidden_layers,
+            "num_hidden_layers": shape.num_hidden_layers, "padded_vocab_size": shape.vocab_size,
+            "seq_length": seq_length, "torch_dtype": "bfloat16", "vision_config": vision.config()}
+
+
+def _shards(tables: list[dict[str, tuple]], itemsize: int, limit: int) -> list[list[str]]:
+    """Tensor names grouped into shards of at most `limit` bytes (or one tensor); tables never share a shard."""
+    shards: list[list[str]] = []
+    for table in tables:
+        current, size = [], 0
+        for name, dims in table.items():
+            nbytes = itemsize * math.prod(dims)
+            if current and size + nbytes > limit:
+                shards.append(current)
+                current, size = [], 0
+            current.append(name)
+            size += nbytes
+        if current:
+            shards.append(current)
+    return shards
+
+
+def build_sharded_vision_checkpoint(folder: Path, shape: Shape = GLM4V_9B_LANGUAGE,
+                                    vision: VisionShape = GLM4V_9B_VISION, seed: int = 0,
+                                    shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
+    """Write a random bf16 GLM-4V checkpoint of any size, one shard in memory at a time.
+
+    The full-size default is ~28 GB on disk (glm-4v-9b: 9.4B language + 4.4B vision parameters) and
+    needs about `shard_bytes` of RAM. Language shards come first and vision shards last, never mixed,
+    so `text_only_view` can link the language shards alone. Config, tokenizer and token ids are those
+    of `build_vision_checkpoint` (the tiny test tokenizer, ids well inside the 151552 vocabulary);
+    `shape.vocab_size` must be set. Written to `folder`.tmp and renamed, so a half-built checkpoint
+    is never mistaken for a finished one. Raises FileExistsError if `folder` exists.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if folder.exists():
+        raise FileExistsError(f"{folder} exists")
+    temp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(temp, ignore_errors=True)
+    with tempfile.TemporaryDirectory() as scratch:  # config and tokenizer files, from the tiny layout
+        tiny = build_vision_checkpoint(Path(scratch) / "tiny", seed=seed)
+        shutil.copytree(tiny, temp, ignore=shutil.ignore_patterns("*.safetensors", "*.index.json"))
+    config = sized_config(json.loads((temp / "config.json").read_text()), shape, vision)
+    (temp / "config.json").write_text(json.dumps(config, indent=2))
+    language = legacy_language_shapes(shape)
+    towers = vision_tensor_shapes(vision, shape.hidden_size, shape.intermediate_size)
+    everything = {**language, **towers}
+    groups = _shards([language, towers], 2, shard_bytes)
+    generator = torch.Generator().manual_seed(seed)
+    weight_map: dict[str, str] = {}
+    total = 0
+    with torch.no_grad():
+        for number, names in enumerate(groups, start=1):
+            file = f"model-{number:05d}-of-{len(groups):05d}.safetensors"
+            shard = {name: _random_tensor(name, everything[name], generator) for name in names}
+            save_file(shard, temp / file, metadata={"format": "pt"})
+            total += sum(t.numel() * t.element_size() for t in shard.values())
+            weight_map.update(dict.fromkeys(names, file))
+            del shard
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (temp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    temp.rename(folder)
+    return folder
+
+
+def _random_tensor(name: str, dims: tuple, generator):
+    import torch
+
+    tensor = torch.empty(dims, dtype=torch.bfloat16)  # filled in place: no float32 temporary
+    if "norm" in name and name.endswith(".weight"):
+        return tensor.fill_(1.0)
+    learned_vector = name.endswith(("boi", "eoi", "cls_embedding"))
+    return tensor.normal_(0.0, 0.5 if learned_vector else BENCHMARK_WEIGHT_STD, generator=generator)
+
+
+def text_only_view(folder: Path, out: Path) -> Path:
+    """The language part of a `build_sharded_vision_checkpoint` folder as a text-only legacy checkpoint.
+
+    Shards are hard-linked (symlinked across file systems), not copied; config.json loses `vision_config`.
+    Raises ValueError if a shard mixes language and vision tensors.
+    """
+    import os
+
+    folder, out = Path(folder), Path(out)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    vision_files = {file for name, file in index["weight_map"].items() if name.startswith(VISION_PREFIX)}
+    weight_map = {name: file for name, file in index["weight_map"].items() if not name.startswith(VISION_PREFIX)}
+    if vision_files & set(weight_map.values()):
+        raise ValueError(f"{folder}: a shard mixes language and vision tensors")
+    temp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(temp, ignore_errors=True)
+    temp.mkdir(parents=True)
+    for item in folder.iterdir():
+        if item.suffix == ".safetensors":
+            if item.name in vision_files:
+                continue
+            try:
+                os.link(item, temp / item.name)
+            except OSError:
+                (temp / item.name).symlink_to(item.resolve())
+        elif item.is_file() and item.name not in ("config.json", "model.safetensors.index.json"):
+            shutil.copy2(item, temp / item.name)
+    config = json.loads((folder / "config.json").read_text())
+    for key in ("vision_config", "boi_token_id", "eoi_token_id"):
+        config.pop(key, None)
+    config["_name_or_path"] = "THUDM/glm-4-9b-chat"
+    (temp / "config.json").write_text(json.dumps(config, indent=2))
+    (temp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    temp.rename(out)
     return out
