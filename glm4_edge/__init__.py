@@ -8,7 +8,8 @@
 
 from .conversation import Chat
 from .errors import BadParameterError, ContextOverflowError, DeviceError, Glm4EdgeError, ModelFormatError
-from .model import Chunk, GenerationStats, Model, Reply, load
+from .loading import load
+from .model import Chunk, GenerationStats, Model, Reply
 
 __all__ = [
     "load",

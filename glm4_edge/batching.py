@@ -26,16 +26,8 @@ from typing import Any
 
 from . import glm_format
 from .errors import Glm4EdgeError
-from .model import (
-    BATCH_CANNOT_HONOUR,
-    DEFAULT_DEVICE,
-    Chunk,
-    Model,
-    model_facts,
-    open_pipeline,
-    openvino_reason,
-    plan_load,
-)
+from .loading import DEFAULT_DEVICE, model_facts, open_pipeline, openvino_reason, plan_load
+from .model import BATCH_CANNOT_HONOUR, Chunk, Model
 from .options import GenerationOptions, finish_reason, pipeline_reason, refuse
 
 BATCHING_DEVICES = ("CPU", "GPU")

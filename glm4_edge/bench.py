@@ -22,7 +22,8 @@ from typing import Any
 
 from .devices import base_device
 from .errors import BadParameterError, ContextOverflowError
-from .model import Model, load, peak_rss_bytes
+from .loading import load
+from .model import Model, peak_rss_bytes
 
 DEFAULT_PROMPT_TOKENS = 1024
 DEFAULT_GEN_TOKENS = 128

@@ -74,7 +74,7 @@ def pack(model: str | Path, archive: str | Path | None = None, *, force: bool = 
     Raises `ModelFormatError` when a file does not match the manifest (naming it), `Glm4EdgeError`
     for an existing archive without `force` or an unwritable place; a failed pack leaves nothing.
     """
-    from .model import check_model_folder
+    from .loading import check_model_folder
 
     progress = progress or (lambda message: None)
     started = time.perf_counter()

@@ -263,7 +263,7 @@ def warm(folder: Path, device: str, load: Callable[..., Any], **load_options: An
     because OpenVINO's blob hash covers the compile properties.
     """
     from .device_bench import resolve_auto
-    from .model import check_model_folder
+    from .loading import check_model_folder
 
     folder = check_model_folder(folder)
     device = devices.check_device(resolve_auto(folder, device))

@@ -141,7 +141,7 @@ def bench_devices(folder: Path, *, draft: Path | None = None, prompt_tokens: int
                   gen_tokens: int = DEFAULT_GEN_TOKENS, runs: int = DEFAULT_RUNS, extra: list[str] | None = None,
                   progress: Callable[[str], None] | None = None, record_choice: bool = True) -> DeviceChoice:
     """Measure every candidate, record the winner for `folder`; Glm4EdgeError when none could run."""
-    from .model import check_model_folder
+    from .loading import check_model_folder
 
     folder = check_model_folder(folder).resolve()
     if draft is not None:

@@ -93,7 +93,7 @@ class OpenVINOEngine:
     """A converted folder: answers through `glm4_edge.Model`, logits straight from the IR."""
 
     def __init__(self, folder: Path, device: str = "CPU", properties: dict[str, Any] | None = None):
-        from .model import load
+        from .loading import load
 
         self.folder = folder
         self.properties = dict(properties or {})

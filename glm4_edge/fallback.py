@@ -130,7 +130,7 @@ def attach(model: Model, shape: StaticShape, fallback_device: str | None = DEFAU
     request over the static shape still gets an answer; without one it stays the static KV cache.
     Raises DeviceError when the fallback device is not on this machine.
     """
-    from .model import load
+    from .loading import load
 
     model.static_shape = shape
     device = check_fallback_device(fallback_device)

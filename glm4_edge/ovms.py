@@ -192,7 +192,7 @@ def export(options: OvmsOptions) -> OvmsExport:
     impossible settings, Glm4EdgeError when REPO/NAME exists without `force`. Nothing is left half
     written: the model folder is assembled under a temporary name and renamed into place.
     """
-    from .model import check_model_folder
+    from .loading import check_model_folder
 
     folder = check_model_folder(options.model)
     missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]

@@ -8,7 +8,7 @@ from typing import Any
 
 from .errors import BadParameterError, ContextOverflowError, Glm4EdgeError
 from .fallback import StaticShapeError
-from .model import openvino_reason
+from .loading import openvino_reason
 
 # A child of uvicorn's logger: our lines share its handler, format and --log-level.
 LOG = logging.getLogger("uvicorn.error.glm4_edge")

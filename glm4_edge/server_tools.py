@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from .model import Chunk
+from .model import Chunk, tool_call_stream  # noqa: F401 - tool_call_stream: used by the server from here
 
 # Fields that shape the answer, honoured as OpenAI documents them (n and best_of only as 1).
 HONOURED_FIELDS = ("messages", "prompt", "model", "stream", "stream_options", "max_tokens",
@@ -124,33 +124,3 @@ def first_call_only(stream: Iterator[Chunk]) -> Iterator[Chunk]:
         if chunk.tool_calls and len(chunk.tool_calls) > 1:
             chunk.tool_calls = chunk.tool_calls[:1]
         yield chunk
-
-
-# --- tool_choice "required" ---------------------------------------------------------------------------
-
-
-def tool_call_stream(raw: Iterator[Chunk], names: list[str], prefix: str = "") -> Iterator[Chunk]:
-    """Raw constrained text -> one final chunk with the call (`prefix` is what the prompt already wrote).
-
-    Cut off by max_tokens before the call is whole, the answer is finish_reason "length" with the partial
-    call, as OpenAI answers it: the function's name and the arguments written so far (not JSON yet). Cut
-    by a stop string or a client that left, it keeps that finish reason and carries no call. Either way
-    the model's raw `name\n{...` text is never shown as content.
-    """
-    from . import glm_format
-
-    text = []
-    for chunk in raw:
-        text.append(chunk.text)
-        if chunk.finish_reason:
-            written = prefix + "".join(text)
-            calls = glm_format.parse_tool_calls(written, names)
-            if calls and chunk.finish_reason != "cancelled":
-                yield Chunk(finish_reason="tool_calls", tool_calls=[c.as_dict() for c in calls[:1]],
-                            stats=chunk.stats)
-            else:
-                name, newline, arguments = written.partition("\n")
-                cut = chunk.finish_reason == "length" and newline and name in names
-                partial = [{"name": name, "arguments": arguments}] if cut else None
-                yield Chunk(finish_reason=chunk.finish_reason, tool_calls=partial, stats=chunk.stats,
-                            stop_sequence=chunk.stop_sequence)

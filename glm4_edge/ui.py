@@ -19,7 +19,6 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +37,25 @@ from .ui_answer import (
     _generate_into,
     _log_answer,
 )
+from .ui_kiosk import (  # noqa: F401 - re-exported: the CLI and tests read them from here
+    CSS,
+    DEFAULT_IDLE_MINUTES,
+    DEFAULT_MAX_INPUT_CHARS,
+    DEFAULT_TITLE,
+    KIOSK_CSS,
+    MONO_FONTS,
+    SYSTEM_FONTS,
+    KioskConfig,
+    load_kiosk_config,
+)
+from .ui_state import Conversation, _Controls
+from .ui_strings import DEFAULT_EXAMPLES, LANGUAGES, STRINGS  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
-DEFAULT_TITLE = "GLM-4 Edge"
-DEFAULT_IDLE_MINUTES = 5.0
-# Kiosk questions are short; a pasted essay would only fill the context and keep other visitors waiting.
-# 500 characters is about 100 English words or a paragraph of Chinese (a few hundred tokens).
-DEFAULT_MAX_INPUT_CHARS = 500
 DEFAULT_REPETITION_PENALTY = 1.0
-LANGUAGES = ("en", "zh")
 # The slider's upper end: the model's context, but no more than anyone waits for on a small device.
 MAX_NEW_TOKENS_LIMIT = 8192
 # Browsers struggle with thousands of DOM updates a second; tokens arriving faster are batched.
@@ -64,183 +70,8 @@ MAX_IDLE_CHECK_S = 30.0
 QUEUE_MAX_SIZE = 64
 MODEL_CONCURRENCY_ID = "model"
 
-DEFAULT_EXAMPLES = (
-    "Explain in two sentences what OpenVINO does.",
-    "Write a haiku about a lighthouse at night.",
-    "用三句话介绍一下长城。",
-    "把“早上好”翻译成英文和日文。",
-)
-
-# System fonts only: the default theme's web fonts would be one more thing to serve, and CJK text
-# needs a CJK font (Noto CJK on Linux, YaHei / PingFang elsewhere) that no web font bundle carries.
-SYSTEM_FONTS = ("system-ui", "-apple-system", "Segoe UI", "Roboto", "Noto Sans", "Noto Sans CJK SC",
-                "Microsoft YaHei", "PingFang SC", "Helvetica Neue", "Arial", "sans-serif")
-MONO_FONTS = ("ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "Noto Sans Mono CJK SC",
-              "DejaVu Sans Mono", "monospace")
-
-STRINGS: dict[str, dict[str, str]] = {
-    "en": {
-        "placeholder": "Type a message and press Enter",
-        "send": "Send",
-        "stop": "Stop",
-        "regenerate": "Regenerate",
-        "clear": "Clear",
-        "new_chat": "New chat",
-        "settings": "Settings",
-        "system_prompt": "System prompt",
-        "system_placeholder": "e.g. You are a concise assistant.",
-        "temperature": "Temperature (0 = greedy)",
-        "top_p": "Top-p",
-        "max_new_tokens": "Max new tokens",
-        "repetition_penalty": "Repetition penalty",
-        "tools": "Tools (JSON list of function schemas)",
-        "thinking": "Thinking",
-        "tool_call": "Tool call",
-        "error": "Error",
-        "device_error": "The device failed; restart `glm4-edge ui` or pick another --device",
-        "bad_tools": "Tools must be a JSON list of function schemas",
-        "welcome": "Ask me anything, or tap an example to start.",
-        "idle_note": "The conversation is cleared after {minutes:g} minutes without use.",
-        "ttft": "TTFT",
-        "tok_s": "tok/s",
-        "tokens": "tokens",
-        "finish_length": "length limit",
-        "finish_cancelled": "stopped",
-        "finish_tool_calls": "tool call",
-        "trimmed": "oldest turns forgotten to fit the context",
-        "too_long": "That message is a little long for me. Please keep it under {limit} characters.",
-        "generic_error": "Sorry, something went wrong. Please try again, or start a new chat.",
-        "upload": "Documents (PDF, DOCX, HTML, Markdown, text)",
-        "image": "Image (one per conversation)",
-        "one_image": "This model takes one image per conversation. Press **{clear}** to start a new conversation, "
-                     "then send the new image.",
-        "image_question": "Add a question or an instruction for the image, then send.",
-        "python": "python",
-        "output": "output",
-    },
-    "zh": {
-        "placeholder": "输入消息，按回车发送",
-        "send": "发送",
-        "stop": "停止",
-        "regenerate": "重新生成",
-        "clear": "清空",
-        "new_chat": "新对话",
-        "settings": "设置",
-        "system_prompt": "系统提示词",
-        "system_placeholder": "例如：你是一个简洁的助手。",
-        "temperature": "温度（0 = 贪心）",
-        "top_p": "Top-p",
-        "max_new_tokens": "最大生成长度",
-        "repetition_penalty": "重复惩罚",
-        "tools": "工具（函数定义的 JSON 列表）",
-        "thinking": "思考过程",
-        "tool_call": "工具调用",
-        "error": "出错了",
-        "device_error": "设备出错；请重启 `glm4-edge ui` 或换一个 --device",
-        "bad_tools": "工具必须是函数定义的 JSON 列表",
-        "welcome": "有什么想问的？也可以点一个示例开始。",
-        "idle_note": "{minutes:g} 分钟无操作后，对话会自动清空。",
-        "ttft": "首字延迟",
-        "tok_s": "词元/秒",
-        "tokens": "词元",
-        "finish_length": "达到长度上限",
-        "finish_cancelled": "已停止",
-        "finish_tool_calls": "工具调用",
-        "trimmed": "为放入上下文，已忘记最早的几轮对话",
-        "too_long": "这条消息有点长，请控制在 {limit} 个字以内。",
-        "generic_error": "抱歉，出了点问题。请再试一次，或开始新对话。",
-        "upload": "文档（PDF、DOCX、HTML、Markdown、文本）",
-        "image": "图片（每次对话一张）",
-        "one_image": "这个模型每次对话只看一张图片。请按“{clear}”开始新对话，再发送新图片。",
-        "image_question": "请为图片写一个问题或说明，再发送。",
-        "python": "python",
-        "output": "输出",
-    },
-}
-
-CSS = """
-#model-info { opacity: 0.8; }
-.answer-footer { display: block; margin-top: 0.6em; font-size: 0.8em; opacity: 0.65; }
-footer { visibility: visible; }
-/* A file in the chat (an uploaded image) gets Gradio's share button, which posts to Hugging Face: never here. */
-#chatbot button[aria-label="Share"] { display: none; }
-"""
-
-# Kiosk: big type and big touch targets (about 60 px, above the 48 px touch guideline).
-KIOSK_CSS = CSS + """
-#kiosk-title h1 { font-size: 2.4rem; margin: 0.2em 0; }
-#kiosk-welcome { font-size: 1.3rem; }
-#chatbot .message, #chatbot .message * { font-size: 1.35rem; line-height: 1.55; }
-#prompt textarea { font-size: 1.4rem !important; min-height: 60px; }
-button { min-height: 60px; font-size: 1.3rem !important; }
-#chatbot .example { min-height: 60px; font-size: 1.2rem; }
-"""
-
 
 # --- configuration ------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class KioskConfig:
-    """What a kiosk shows; read from TOML with `load_kiosk_config`."""
-
-    title: str = DEFAULT_TITLE
-    welcome: str = ""  # empty: a default greeting in `language`
-    language: str = "en"
-    idle_minutes: float = DEFAULT_IDLE_MINUTES  # 0 = never clear
-    examples: tuple[str, ...] = ()  # empty: the built-in en/zh examples
-    system_prompt: str = ""
-    max_input_chars: int = DEFAULT_MAX_INPUT_CHARS  # longer messages get a friendly "too long" note
-    allow_upload: bool = False  # documents may be uploaded (off: a public kiosk takes no files)
-    allow_images: bool = True  # a GLM-4V model's image upload (a text-only model never shows one)
-
-
-_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
-    "title": (str,), "welcome": (str,), "language": (str,), "idle_minutes": (int, float),
-    "examples": (list,), "system_prompt": (str,), "max_input_chars": (int,),
-    "allow_upload": (bool,), "allow_images": (bool,),
-}
-
-
-def load_kiosk_config(path: str | Path) -> KioskConfig:
-    """Read and check a kiosk TOML file; any problem is one actionable `Glm4EdgeError` line."""
-    path = Path(path).expanduser()
-    import tomllib
-
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise Glm4EdgeError(f"--config {path}: no such file; see docs/kiosk.example.toml") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise Glm4EdgeError(f"--config {path}: cannot read it ({error})") from None
-    except tomllib.TOMLDecodeError as error:
-        raise Glm4EdgeError(f"--config {path}: not valid TOML ({error})") from None
-    unknown = sorted(set(data) - set(_CONFIG_TYPES))
-    if unknown:
-        raise Glm4EdgeError(f"--config {path}: unknown key(s) {', '.join(unknown)}; "
-                            f"known keys: {', '.join(_CONFIG_TYPES)}")
-    for key, value in data.items():
-        expected = _CONFIG_TYPES[key]
-        if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
-            raise Glm4EdgeError(f"--config {path}: {key} must be {_type_words(expected)}, "
-                                f"got {type(value).__name__}")
-    if data.get("language", "en") not in LANGUAGES:
-        raise Glm4EdgeError(f"--config {path}: language must be one of {', '.join(LANGUAGES)}, "
-                            f"got {data['language']!r}")
-    if data.get("idle_minutes", 0) < 0:
-        raise Glm4EdgeError(f"--config {path}: idle_minutes must be 0 (never) or more, "
-                            f"got {data['idle_minutes']}")
-    if data.get("max_input_chars", 1) < 1:
-        raise Glm4EdgeError(f"--config {path}: max_input_chars must be 1 or more, got {data['max_input_chars']}")
-    examples = data.get("examples", [])
-    if not all(isinstance(item, str) and item.strip() for item in examples):
-        raise Glm4EdgeError(f"--config {path}: examples must be a list of non-empty strings")
-    return KioskConfig(**{**data, "examples": tuple(examples)})
-
-
-def _type_words(types: tuple[type, ...]) -> str:
-    words = {str: "a string", int: "a number", float: "a number", list: "a list", bool: "true or false"}
-    return " or ".join(dict.fromkeys(words[t] for t in types))
-
 
 def parse_auth(value: str | None) -> tuple[str, str] | None:
     """`USER:PASS` -> (user, pass); the password may itself contain colons."""
@@ -251,54 +82,6 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
         raise Glm4EdgeError("--auth must be USER:PASS with a non-empty user and password, "
                             "e.g. --auth kiosk:s3cret")
     return user, password
-
-
-# --- per-tab state ------------------------------------------------------------------------------
-
-@dataclass
-class Conversation:
-    """One tab's chat: what the Chatbot shows and what the model is sent (reasoning stays out)."""
-
-    display: list[dict[str, Any]] = field(default_factory=list)
-    turns: list[dict[str, Any]] = field(default_factory=list)
-    pending: bool = False  # a user turn waits for its answer
-    active: float = 0.0  # time.monotonic() of the last use, for the kiosk idle reset
-    epoch: int = 0  # `_Control.epoch` when the pending turn was added
-    uploaded: bool = False  # an image was put in the box (a kiosk's idle reset empties it too)
-
-
-@dataclass
-class _Control:
-    """Server-side handles for one tab; gr.State values are deep-copied and cannot hold events."""
-
-    cancel: threading.Event = field(default_factory=threading.Event)
-    busy: bool = False
-    epoch: int = 0  # bumped by Clear, so an answer still streaming for the old chat is dropped
-    sandbox: Any = None  # this tab's python-tool session (code_tool), started on its first call
-
-    def close_sandbox(self) -> None:
-        sandbox, self.sandbox = self.sandbox, None
-        if sandbox is not None:
-            sandbox.close()
-
-
-class _Controls:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._tabs: dict[str, _Control] = {}
-
-    def get(self, request: gr.Request | None) -> _Control:
-        key = getattr(request, "session_hash", None) or "default"
-        with self._lock:
-            return self._tabs.setdefault(key, _Control())
-
-    def drop(self, request: gr.Request | None) -> None:
-        key = getattr(request, "session_hash", None) or "default"
-        with self._lock:
-            control = self._tabs.pop(key, None)
-        if control is not None:
-            control.cancel.set()  # a closed tab must not keep the model busy for everyone else
-            control.close_sandbox()
 
 
 # --- the app ------------------------------------------------------------------------------------
@@ -594,7 +377,7 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
 
         def idle_check(conv: Conversation, request: gr.Request):
             control = controls.get(request)
-            waiting = [] if image is None else [None]  # the next visitor does not get the last one's image
+            waiting = [None] * len(boxes)  # the next visitor does not get the last one's image or files
             if control.busy or not (conv.display or conv.uploaded) or time.monotonic() - conv.active < idle_s:
                 return (gr.skip(),) * (3 + len(waiting))
             return (*reset(request), *waiting)
@@ -616,6 +399,13 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
             kept = None if problem else gr.skip()
             note(conv, f"⚠️ {problem or s['one_image'].format(clear=clear_label)}")
             return kept, list(conv.display), conv
+
+        def mark_upload(value: Any, conv: Conversation, request: gr.Request):
+            """Files put in the document box count as use: the idle reset empties the box, sent or not."""
+            if not value or controls.get(request).busy:  # a streaming answer owns `conv`; its end counts
+                return gr.skip()
+            conv.uploaded, conv.active = True, time.monotonic()
+            return conv
 
         def forget_tab(request: gr.Request) -> None:
             controls.drop(request)
@@ -645,6 +435,8 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
             then_answer(trigger(add_user_with, [prompt, conversation, absent if upload is None else upload,
                                                 absent if image is None else image],
                                 [prompt, *boxes, chatbot, conversation], **instant))
+        if upload is not None:
+            upload.upload(mark_upload, [upload, conversation], [conversation], preprocess=False, **instant)
         if image is not None:
             # Queued (so that gr.Warning reaches the page) but never behind an answer: no concurrency limit.
             image.upload(check_image, [image, conversation], [image, chatbot, conversation], preprocess=False,
@@ -659,8 +451,7 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
         chatbot.clear(reset, None, [chatbot, conversation, prompt], **instant)  # the Chatbot's own bin icon
         if idle_s:
             timer = gr.Timer(min(MAX_IDLE_CHECK_S, idle_s / IDLE_CHECKS_PER_TIMEOUT))
-            timer.tick(idle_check, [conversation], [chatbot, conversation, prompt, *([] if image is None else [image])],
-                       **instant)
+            timer.tick(idle_check, [conversation], [chatbot, conversation, prompt, *boxes], **instant)
         app.unload(forget_tab)
 
     app.glm4_edge_kiosk = kiosk  # read by `launch` for the theme, CSS and footer

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ContextOverflowError, Glm4EdgeError
-from .model import Chunk, GenerationStats, Model, openvino_reason
+from .loading import openvino_reason
+from .model import Chunk, GenerationStats, Model
 
 log = logging.getLogger("glm4_edge.ui")
 

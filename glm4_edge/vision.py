@@ -22,7 +22,8 @@ import numpy as np
 
 from . import glm_format, images, prompting
 from .errors import BadParameterError, ContextOverflowError, DeviceError, Glm4EdgeError, ModelFormatError
-from .model import Chunk, GenerationStats, LoadPlan, Model, _tool_plan, openvino_reason, peak_rss_bytes
+from .loading import LoadPlan, openvino_reason
+from .model import Chunk, GenerationStats, Model, _tool_plan, peak_rss_bytes
 from .options import GenerationOptions, finish_reason
 from .sampling import Sampler
 
@@ -361,7 +362,7 @@ def load_vision(plan: LoadPlan, warm_up: bool = False) -> VisionModel:
     import openvino as ov
     import openvino_genai
 
-    from .model import model_facts
+    from .loading import model_facts
 
     if plan.base_device == "NPU":
         raise DeviceError("GLM-4V on the NPU needs static shapes, which glm4-edge does not build yet; use CPU or "

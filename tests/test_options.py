@@ -215,6 +215,22 @@ def test_tool_choice_forces_the_call_on_every_python_path(tool_pair, choice):
     assert {r.tool_calls[0]["name"] for r in replies} == {call["name"]}
 
 
+@pytest.mark.parametrize("choice", ["required", "get_weather"])
+def test_forced_tool_call_cut_by_max_new_tokens_on_every_python_path(tool_pair, choice):
+    """As the server answers it (test_server.py): finish_reason "length" and the partial call, no raw text."""
+    tools, tools_batched = tool_pair
+    options = dict(GREEDY, tools=[WEATHER], tool_choice=choice, max_new_tokens=2)
+    got = answers(tools, tools_batched, **options)
+    assert got == dict.fromkeys(got, ("", "length"))
+    replies = [tools.generate(HI, **options), *tools.generate_batch([HI], **options),
+               tools_batched.generate(HI, **options), *tools_batched.generate_batch([HI], **options)]
+    for reply in replies:
+        (call,) = reply.tool_calls
+        assert call["name"] == "get_weather" and call["arguments"].startswith("{")
+        with pytest.raises(ValueError):  # two tokens of the arguments: not whole JSON yet
+            json.loads(call["arguments"])
+
+
 def test_tool_choice_none_hides_the_tools_on_every_python_path(tool_pair):
     got = answers(*tool_pair, **GREEDY, tools=[WEATHER], tool_choice="none")
     assert got == dict.fromkeys(got, ('get_weather\n{"city": "Beijing"}', "stop"))  # only text now

@@ -254,7 +254,7 @@ def test_cpu_gets_the_measured_dynamic_quantization_group_unless_the_user_says_o
 
 def test_context_of_a_folder_without_manifest_counts_yarn(tmp_path):
     """A model exported by another tool: the window is what its RoPE supports, YaRN included."""
-    from glm4_edge.model import _config_context
+    from glm4_edge.loading import _config_context
 
     config = {"max_position_embeddings": 32768,
               "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}}

@@ -87,6 +87,24 @@ def test_kiosk_has_no_upload_unless_its_config_allows_it(scripted_model, page):
         assert page.locator("#upload").count() == 1
 
 
+def test_kiosk_idle_reset_empties_a_waiting_document(scripted_model, page, tmp_path):
+    """As the image box (test_ui_image.py): the next visitor must not find the last one's file, sent or not."""
+    from glm4_edge.ui import KioskConfig
+
+    visitor = tmp_path / "visitor.md"
+    visitor.write_text("The previous visitor's private notes.\n")
+    with _serve(scripted_model, KioskConfig(allow_upload=True, idle_minutes=0.03)) as (url, _):  # 1.8 s
+        _open(page, url)
+        _upload(page, visitor)
+        # Polled on the box's text: once the upload settles Gradio shows the name as "visitor" and ".md" in two
+        # elements, so a locator for "visitor.md" finds nothing even while the file is still there.
+        for _ in range(40):
+            if "visitor" not in page.inner_text("#upload"):
+                break
+            page.wait_for_timeout(500)
+        assert "visitor" not in page.inner_text("#upload"), "the idle reset left the last visitor's file in the box"
+
+
 def test_python_tool_shows_code_and_output_in_collapsible_blocks(python_model, page):
     with _serve(python_model, python_tool=True) as (url, _):
         _open(page, url)

@@ -99,7 +99,7 @@ def verify_at_start(model: str | Path, verb: str, skip: bool = False) -> tuple[P
     that a later error stays one line); raises `ModelFormatError` naming the first damaged file.
     """
     from ..integrity import require_verified
-    from ..model import check_model_folder
+    from ..loading import check_model_folder
 
     folder = check_model_folder(model)
     if skip:

@@ -9,8 +9,8 @@ from functools import partial
 from ..batching import BATCHING_DEVICES, load_batched
 from ..devices import base_device
 from ..errors import Glm4EdgeError
+from ..loading import check_model_folder, load
 from ..manifest import read_manifest
-from ..model import check_model_folder, load
 from .common import add_model_args, add_verify_arg, is_loopback, properties, verify_at_start
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")

@@ -11,7 +11,7 @@ import argparse
 from rich.console import Console
 
 from ..integrity import require_verified
-from ..model import check_model_folder
+from ..loading import check_model_folder
 
 EXIT_NOT_VERIFIABLE = 1
 
