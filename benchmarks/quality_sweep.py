@@ -73,6 +73,12 @@ CANDIDATES = {v.name: v for v in (  # in the order they are measured: the likely
     _v("edge-nf4-g32", "NF4 g32", *ASYM, ("int4_mode", "nf4"), ("group_size", 32)),
     _v("edge-nf4-g64", "NF4 g64", *ASYM, ("int4_mode", "nf4"), ("group_size", 64)),
     _v("edge-cb4-g32", "CB4 (fp8 codebook) g32", *ASYM, ("int4_mode", "cb4"), ("group_size", 32)),
+    _v("edge-nf4-g32-r80", "NF4 g32, 20% INT8 (ratio 0.8)", *ASYM, ("int4_mode", "nf4"), ("group_size", 32),
+       ("ratio", 0.8)),
+    _v("edge-nf4-g64-r80", "NF4 g64, 20% INT8 (ratio 0.8)", *ASYM, ("int4_mode", "nf4"), ("group_size", 64),
+       ("ratio", 0.8)),
+    _v("edge-cb4-g32-r80", "CB4 (fp8 codebook) g32, 20% INT8 (ratio 0.8)", *ASYM, ("int4_mode", "cb4"),
+       ("group_size", 32), ("ratio", 0.8)),
     # GPTQ on the built-in calibration set (the data AWQ uses).
     _v("edge-int4-asym-g32-gptq", "asym g32 + GPTQ (builtin calibration)", *ASYM, ("group_size", 32),
        ("gptq", True)),
@@ -81,6 +87,8 @@ CANDIDATES = {v.name: v for v in (  # in the order they are measured: the likely
     # Fewer INT8 layers than the default (the prefill lever): ratio 0.9, INT8 layers picked data-free (the
     # control) or by activations on the built-in calibration set.
     _v("edge-int4-asym-g32-r90", "asym g32, 10% INT8 (ratio 0.9)", *ASYM, ("group_size", 32), ("ratio", 0.9)),
+    _v("edge-int4-asym-g32-r95", "asym g32, 5% INT8 (ratio 0.95)", *ASYM, ("group_size", 32), ("ratio", 0.95)),
+    _v("edge-int4-asym-g64-r90", "asym g64, 10% INT8 (ratio 0.9)", *ASYM, ("group_size", 64), ("ratio", 0.9)),
     _v("edge-int4-asym-g32-r90-hessian", "asym g32, 10% INT8 by Hessian (ratio 0.9, data-aware)", *ASYM,
        ("group_size", 32), ("ratio", 0.9), ("sensitivity_metric", "hessian_input_activation")),
     _v("edge-int4-asym-g32-r90-magnitude", "asym g32, 10% INT8 by activation magnitude (ratio 0.9)", *ASYM,
