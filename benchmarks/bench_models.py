@@ -52,9 +52,9 @@ class Variant:
         return presets.resolve(self.preset, self.weight_format, **dict(self.overrides))
 
 
-# Every variant spells out symmetry, group size and backup precision, so a folder built once stays
-# what its name says when the presets change (the cpu preset itself is edge-int4-cpu, see edge_convert).
-# Ratio too: the cpu preset keeps 20% in INT8 (ratio 0.8), which a variant would otherwise inherit unnamed.
+# Every variant spells out symmetry, backup precision, INT4 share (ratio 1.0 unless a later override says
+# otherwise) and group size, so a folder built once stays what its name says when the presets change
+# (the cpu preset itself is edge-int4-cpu, see edge_convert).
 ASYM = (("sym", False), ("backup_precision", "int8_asym"), ("ratio", 1.0))
 SYM = (("sym", True), ("backup_precision", "int8_sym"), ("ratio", 1.0))
 VARIANTS = {
@@ -82,6 +82,12 @@ VARIANTS = {
                                  label="glm4-edge INT4 sym g32"),
     "edge-int4-asym-g32-r80": Variant("edge-int4-asym-g32-r80", overrides=(*ASYM, ("group_size", 32), ("ratio", 0.8)),
                                       label="glm4-edge INT4 asym g32, 20% INT8"),
+    "edge-int4-asym-g32-r90": Variant("edge-int4-asym-g32-r90", overrides=(*ASYM, ("group_size", 32), ("ratio", 0.9)),
+                                      label="glm4-edge INT4 asym g32, 10% INT8"),
+    "edge-nf4-g32": Variant("edge-nf4-g32", overrides=(*ASYM, ("int4_mode", "nf4"), ("group_size", 32)),
+                            label="glm4-edge NF4 g32"),
+    "edge-nf4-g64": Variant("edge-nf4-g64", overrides=(*ASYM, ("int4_mode", "nf4"), ("group_size", 64)),
+                            label="glm4-edge NF4 g64"),
     "edge-int4-asym-g64-r80": Variant("edge-int4-asym-g64-r80", overrides=(*ASYM, ("group_size", 64), ("ratio", 0.8)),
                                       label="glm4-edge INT4 asym g64, 20% INT8"),
 }

@@ -35,6 +35,14 @@ def _mse(row: dict[str, Any]) -> float | None:
     return row["weight"]["mean_relative_mse"] if row.get("weight") else None
 
 
+def _int8_share(row: dict[str, Any] | None) -> str:
+    """Share of the measured weights stored in 8 bits (quality_sweep's `precisions`), or – when not recorded."""
+    shares = (row or {}).get("precisions")
+    if not shares:
+        return "–"
+    return f"{sum(v for k, v in shares.items() if k in ('u8', 'i8', 'q8_0')):.0f}%"
+
+
 def table(sweeps: dict[str, dict[str, Any]], speeds: dict[str, dict[str, Any]]) -> list[str]:
     """One row per format: weight error and output error for each statistic, ratios to Q4_0, speed."""
     names: list[str] = []
@@ -44,7 +52,7 @@ def table(sweeps: dict[str, dict[str, Any]], speeds: dict[str, dict[str, Any]]) 
     for weights in sweeps:
         header += [f"{weights}: weight rel. MSE (x Q4_0)", f"{weights}: logit RMSE", f"{weights}: KL",
                    f"{weights}: top-1"]
-    header += ["Decode tok/s", "Prefill tok/s", "≤ Q4_K_M error (both)"]
+    header += [f"INT8 share ({' / '.join(sweeps)})", "Decode tok/s", "Prefill tok/s", "≤ Q4_K_M error (both)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def order(name: str) -> float:
@@ -66,6 +74,7 @@ def table(sweeps: dict[str, dict[str, Any]], speeds: dict[str, dict[str, Any]]) 
             cells += [f"{row['logit_rmse']:.3f}", f"{row['kl']:.4f}", f"{row['top1']:.1%}"]
             if floor:
                 floor_ok &= row["logit_rmse"] <= floor["logit_rmse"] and (mse or 0.0) <= (_mse(floor) or 0.0)
+        cells.append(" / ".join(_int8_share(sweep["rows"].get(name)) for sweep in sweeps.values()))
         speed = speeds.get(name, {})
         cells += [f"{speed['decode']:.1f}" if speed.get("decode") else "–",
                   f"{speed['prefill']:.0f}" if speed.get("prefill") else "–", "yes" if floor_ok else "no"]

@@ -69,6 +69,36 @@ CANDIDATES = {v.name: v for v in (  # in the order they are measured: the likely
     _v("edge-int4-asym-g32-r60", "asym g32, 40% INT8 (ratio 0.6)", *ASYM, ("group_size", 32), ("ratio", 0.6)),
     _v("edge-int4-asym-g128-awq", "asym g128 + AWQ + scale estimation (builtin calibration)", *ASYM,
        ("group_size", 128), ("awq", True), ("scale_estimation", True)),
+    # Other 4-bit number formats: NF4 (QLoRA's normal-float levels) and CB4 (16 fixed fp8 levels).
+    _v("edge-nf4-g32", "NF4 g32", *ASYM, ("int4_mode", "nf4"), ("group_size", 32)),
+    _v("edge-nf4-g64", "NF4 g64", *ASYM, ("int4_mode", "nf4"), ("group_size", 64)),
+    _v("edge-cb4-g32", "CB4 (fp8 codebook) g32", *ASYM, ("int4_mode", "cb4"), ("group_size", 32)),
+    _v("edge-nf4-g32-r80", "NF4 g32, 20% INT8 (ratio 0.8)", *ASYM, ("int4_mode", "nf4"), ("group_size", 32),
+       ("ratio", 0.8)),
+    _v("edge-nf4-g64-r80", "NF4 g64, 20% INT8 (ratio 0.8)", *ASYM, ("int4_mode", "nf4"), ("group_size", 64),
+       ("ratio", 0.8)),
+    _v("edge-cb4-g32-r80", "CB4 (fp8 codebook) g32, 20% INT8 (ratio 0.8)", *ASYM, ("int4_mode", "cb4"),
+       ("group_size", 32), ("ratio", 0.8)),
+    # GPTQ on the built-in calibration set (the data AWQ uses).
+    _v("edge-int4-asym-g32-gptq", "asym g32 + GPTQ (builtin calibration)", *ASYM, ("group_size", 32),
+       ("gptq", True)),
+    _v("edge-int4-asym-g64-gptq", "asym g64 + GPTQ (builtin calibration)", *ASYM, ("group_size", 64),
+       ("gptq", True)),
+    # Fewer INT8 layers than the default (the prefill lever): ratio 0.9, INT8 layers picked data-free (the
+    # control) or by activations on the built-in calibration set.
+    _v("edge-int4-asym-g32-r90", "asym g32, 10% INT8 (ratio 0.9)", *ASYM, ("group_size", 32), ("ratio", 0.9)),
+    _v("edge-int4-asym-g32-r95", "asym g32, 5% INT8 (ratio 0.95)", *ASYM, ("group_size", 32), ("ratio", 0.95)),
+    _v("edge-int4-asym-g64-r90", "asym g64, 10% INT8 (ratio 0.9)", *ASYM, ("group_size", 64), ("ratio", 0.9)),
+    _v("edge-int4-asym-g32-r90-hessian", "asym g32, 10% INT8 by Hessian (ratio 0.9, data-aware)", *ASYM,
+       ("group_size", 32), ("ratio", 0.9), ("sensitivity_metric", "hessian_input_activation")),
+    _v("edge-int4-asym-g32-r90-magnitude", "asym g32, 10% INT8 by activation magnitude (ratio 0.9)", *ASYM,
+       ("group_size", 32), ("ratio", 0.9), ("sensitivity_metric", "mean_activation_magnitude")),
+    _v("edge-int4-asym-g32-r80-hessian", "asym g32, 20% INT8 by Hessian (ratio 0.8, data-aware)", *ASYM,
+       ("group_size", 32), ("ratio", 0.8), ("sensitivity_metric", "hessian_input_activation")),
+    _v("edge-int4-asym-g64-r90-hessian", "asym g64, 10% INT8 by Hessian (ratio 0.9, data-aware)", *ASYM,
+       ("group_size", 64), ("ratio", 0.9), ("sensitivity_metric", "hessian_input_activation")),
+    _v("edge-int4-asym-g64-r80-hessian", "asym g64, 20% INT8 by Hessian (ratio 0.8, data-aware)", *ASYM,
+       ("group_size", 64), ("ratio", 0.8), ("sensitivity_metric", "hessian_input_activation")),
 )}
 GGUF_QUANTS = ("q4_0", "q4_k_m", "q5_k_m", "q8_0")
 
@@ -145,6 +175,16 @@ def score(logits: list[np.ndarray], reference: list[np.ndarray]) -> dict[str, fl
             "top1": float(np.mean([e.top1_agreement for e in parts])), "logit_rmse": rmse}
 
 
+def precision_shares(weight) -> dict[str, float]:
+    """Share of the measured matrices' parameters (embeddings and lm_head included) per stored precision,
+    in percent: how many weights stayed in INT8 (u8/i8) against 4 bits (u4, i4, nf4, cb4, q4_K, ...)."""
+    total = sum(m.parameters for m in weight.matrices) or 1
+    shares: dict[str, float] = {}
+    for matrix in weight.matrices:
+        shares[matrix.precision] = shares.get(matrix.precision, 0.0) + 100.0 * matrix.parameters / total
+    return {k: round(v, 2) for k, v in sorted(shares.items(), key=lambda item: -item[1])}
+
+
 def folder_bytes(path: Path) -> int:
     return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.glob("openvino_model.*"))
 
@@ -173,9 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = results.setdefault("rows", {})
     reference = reference_logits(checkpoint, ids, bench_models.layer_folder(args.layers) / "reference-fp32")
 
-    def record(name: str, label: str, engine: str, path: Path, weight, logits) -> None:
+    def record(name: str, label: str, engine: str, path: Path, weight, logits, seconds: float | None = None) -> None:
         row = {"label": label, "engine": engine, "bytes": folder_bytes(path),
                "weight": weight.summary() if weight else None, **score(logits, reference)}
+        if weight:
+            row["precisions"] = precision_shares(weight)
+        if seconds is not None:
+            row["compress_seconds"] = round(seconds)
         if result_path.is_file():  # another sweep process (e.g. --only gguf-...) may have added rows
             rows.update({k: v for k, v in json.loads(result_path.read_text())["rows"].items() if k != name})
         rows[name] = row
@@ -199,9 +243,12 @@ def main(argv: list[str] | None = None) -> int:
                 path.unlink()
             continue
         variant = CANDIDATES[name]
+        started = time.perf_counter()
+        built = (bench_models.layer_folder(args.layers) / name / "openvino_model.xml").is_file()
         folder = bench_models.edge_variant(args.layers, variant, log)
+        seconds = None if built else time.perf_counter() - started
         record(name, variant.label, "openvino", folder, ir_weight_error(folder, checkpoint),
-               openvino_logits(folder, ids))
+               openvino_logits(folder, ids), seconds)
         if args.drop:
             shutil.rmtree(folder)
     return 0

@@ -248,18 +248,26 @@ def compress_ir(out: Path, source_folder: Path, settings: presets.CompressionSet
     if settings.weight_format == "int8":
         mode = nncf.CompressWeightsMode.INT8_SYM if settings.sym else nncf.CompressWeightsMode.INT8_ASYM
     else:
-        mode = nncf.CompressWeightsMode.INT4_SYM if settings.sym else nncf.CompressWeightsMode.INT4_ASYM
+        if settings.int4_mode != "int":
+            mode = nncf.CompressWeightsMode(settings.int4_mode)  # NF4 / CB4: no zero point, `sym` does not apply
+        else:
+            mode = nncf.CompressWeightsMode.INT4_SYM if settings.sym else nncf.CompressWeightsMode.INT4_ASYM
         kwargs.update(group_size=settings.group_size, ratio=settings.ratio, all_layers=settings.all_layers,
                       backup_mode=nncf.BackupMode(settings.backup_precision))
+        metric = settings.sensitivity_metric
         if settings.data_aware:
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(source_folder)
             samples = calibration.token_samples(tokenizer, settings.dataset or "builtin")
             kwargs.update(dataset=calibration.nncf_dataset(model, samples), subset_size=len(samples),
-                          awq=settings.awq, scale_estimation=settings.scale_estimation,
-                          sensitivity_metric=nncf.SensitivityMetric.WEIGHT_QUANTIZATION_ERROR
-                          if settings.ratio >= 1.0 else None)
+                          awq=settings.awq, scale_estimation=settings.scale_estimation, gptq=settings.gptq)
+            # With a dataset and no metric NNCF splits the ratio by max_activation_variance; with ratio 1
+            # there is no split, so the cheapest metric skips its statistics.
+            if metric is None and settings.ratio >= 1.0:
+                metric = "weight_quantization_error"
+        if metric is not None:
+            kwargs["sensitivity_metric"] = nncf.SensitivityMetric(metric)
     if adjust_groups:
         from nncf.quantization.advanced_parameters import GroupSizeFallbackMode
 

@@ -9,6 +9,14 @@ from glm4_edge.errors import BadParameterError
 WEIGHT_FORMATS = ("int4", "int8", "fp16")
 DEVICES = ("cpu", "gpu", "npu")
 BACKUP_PRECISIONS = ("int8_asym", "int8_sym", "none")
+# The 4-bit number format (NNCF's CompressWeightsMode): integers with `sym`, NF4 (QLoRA's 16 normal-float
+# levels times a per-group scale) or CB4 (16 fixed fp8 E4M3 levels times a per-group scale). NF4 and CB4
+# have no zero point, so `sym` does not apply to them; docs/benchmarks.md "Quality" measures both.
+INT4_MODES = ("int", "nf4", "cb4")
+# NNCF's SensitivityMetric values: how the `ratio` split picks the layers that stay in the backup precision.
+# Only weight_quantization_error is data-free; the others run the model on the calibration set.
+SENSITIVITY_METRICS = ("weight_quantization_error", "hessian_input_activation", "mean_activation_variance",
+                       "max_activation_variance", "mean_activation_magnitude")
 NPU_CHANNELWISE_ABOVE_PARAMS = 5_000_000_000
 DEFAULT_GROUP_SIZE = 128
 # NNCF's GroupSizeFallbackMode.ADJUST: a layer the group size does not divide gets the largest power of
@@ -26,11 +34,17 @@ class CompressionSettings:
     backup_precision: str = "int8_asym"
     awq: bool = False
     scale_estimation: bool = False
-    dataset: str | None = None  # "builtin" or a .txt/.jsonl path; needed by AWQ and scale estimation
+    dataset: str | None = None  # "builtin" or a .txt/.jsonl path; needed by the data-aware methods
+    int4_mode: str = "int"  # INT4_MODES
+    gptq: bool = False
+    sensitivity_metric: str | None = None  # SENSITIVITY_METRICS; None: NNCF's choice (see compress_ir)
 
     @property
     def data_aware(self) -> bool:
-        return self.awq or self.scale_estimation
+        """Whether compression runs the model on calibration data (AWQ, scale estimation, GPTQ, or a
+        data-based sensitivity metric for the ratio split)."""
+        metric_needs_data = self.sensitivity_metric not in (None, "weight_quantization_error")
+        return self.awq or self.scale_estimation or self.gptq or metric_needs_data
 
 
 # Why these (docs/benchmarks.md, "Quality"): quality first. On GLM-4-9B's layer shapes, with Gaussian
@@ -60,7 +74,9 @@ PRESETS = {
 def resolve(device: str, weight_format: str | None = None, *, group_size: int | None = None,
             ratio: float | None = None, sym: bool | None = None, all_layers: bool | None = None,
             awq: bool = False, scale_estimation: bool = False, dataset: str | None = None,
-            backup_precision: str | None = None, num_parameters: int = 0, fast: bool = False) -> CompressionSettings:
+            backup_precision: str | None = None, num_parameters: int = 0, fast: bool = False,
+            int4_mode: str | None = None, gptq: bool = False,
+            sensitivity_metric: str | None = None) -> CompressionSettings:
     """The preset for `device` (its speed-first variant with `fast`), overridden by what the user asked,
     or a BadParameterError saying why not."""
     if device not in DEVICES:
@@ -79,14 +95,16 @@ def resolve(device: str, weight_format: str | None = None, *, group_size: int | 
         settings = replace(settings, group_size=-1)
     if weight_format == "int8":
         settings = replace(settings, weight_format="int8", group_size=-1, ratio=1.0, all_layers=True,
-                           sym=device != "cpu", awq=False, scale_estimation=False, dataset=None)
+                           sym=device != "cpu", awq=False, scale_estimation=False, dataset=None, gptq=False)
     elif weight_format == "fp16":
-        settings = replace(settings, weight_format="fp16", awq=False, scale_estimation=False, dataset=None)
+        settings = replace(settings, weight_format="fp16", awq=False, scale_estimation=False, dataset=None,
+                           gptq=False)
     overrides = {"group_size": group_size, "ratio": ratio, "sym": sym, "all_layers": all_layers,
-                 "backup_precision": backup_precision}
+                 "backup_precision": backup_precision, "int4_mode": int4_mode,
+                 "sensitivity_metric": sensitivity_metric}
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None},
                        awq=awq or settings.awq, scale_estimation=scale_estimation or settings.scale_estimation,
-                       dataset=dataset or settings.dataset)
+                       gptq=gptq or settings.gptq, dataset=dataset or settings.dataset)
     if settings.data_aware and not settings.dataset:
         settings = replace(settings, dataset="builtin")
     _validate(device, settings, explicit=overrides)
@@ -101,8 +119,7 @@ def preset_name(device: str, fast: bool = False) -> str:
 def _validate(device: str, settings: CompressionSettings, explicit: dict) -> None:
     given = {k for k, v in explicit.items() if v is not None}
     if settings.weight_format == "fp16":
-        knobs = sorted(given | ({"awq"} if settings.awq else set()) | (
-            {"scale_estimation"} if settings.scale_estimation else set()))
+        knobs = sorted(given | {k for k in ("awq", "scale_estimation", "gptq") if getattr(settings, k)})
         if knobs:
             raise BadParameterError(f"--{knobs[0].replace('_', '-')} only applies to int4/int8 weights; drop it "
                                     "or use --weight-format int4", knobs[0])
@@ -118,13 +135,21 @@ def _validate(device: str, settings: CompressionSettings, explicit: dict) -> Non
     if settings.backup_precision not in BACKUP_PRECISIONS:
         raise BadParameterError(f"--backup-precision {settings.backup_precision!r} is not one of "
                                 f"{', '.join(BACKUP_PRECISIONS)}", "backup_precision")
+    if settings.int4_mode not in INT4_MODES:
+        raise BadParameterError(f"int4 mode {settings.int4_mode!r} is not one of {', '.join(INT4_MODES)}",
+                                "int4_mode")
+    if settings.sensitivity_metric is not None and settings.sensitivity_metric not in SENSITIVITY_METRICS:
+        raise BadParameterError(f"sensitivity metric {settings.sensitivity_metric!r} is not one of "
+                                f"{', '.join(SENSITIVITY_METRICS)}", "sensitivity_metric")
     if settings.weight_format == "int8":
-        for knob in ("group_size", "ratio", "all_layers", "backup_precision"):
+        for knob in ("group_size", "ratio", "all_layers", "backup_precision", "int4_mode", "sensitivity_metric"):
             if knob in given:
                 raise BadParameterError(f"--{knob.replace('_', '-')} only applies to int4 weights", knob)
         if settings.data_aware:
-            raise BadParameterError("--awq and --scale-estimation only apply to int4 weights", "awq")
+            raise BadParameterError("--awq, --scale-estimation and GPTQ only apply to int4 weights", "awq")
     if device == "npu":
+        if settings.int4_mode != "int":
+            raise BadParameterError(f"the NPU runs integer INT4 weights, not {settings.int4_mode}", "int4_mode")
         if not settings.sym:
             raise BadParameterError("the NPU runs symmetric weights only; drop --no-sym for --device npu", "sym")
         if settings.weight_format == "int4" and settings.ratio < 1.0 and settings.backup_precision == "int8_asym":
@@ -174,7 +199,11 @@ def describe(settings: CompressionSettings) -> str:
     if settings.weight_format == "int8":
         return f"int8 {'sym' if settings.sym else 'asym'} channel-wise"
     group = "channel-wise" if settings.group_size == -1 else f"group {settings.group_size}"
-    extra = [s for s, on in (("awq", settings.awq), ("scale-estimation", settings.scale_estimation)) if on]
+    extra = [s for s, on in (("awq", settings.awq), ("scale-estimation", settings.scale_estimation),
+                             ("gptq", settings.gptq)) if on]
+    if settings.sensitivity_metric:
+        extra.append(f"layers by {settings.sensitivity_metric}")
     layers = "all layers" if settings.all_layers else "embeddings/lm_head in backup"
-    return (f"int4 {'sym' if settings.sym else 'asym'} {group}, ratio {settings.ratio:g}, {layers}"
+    kind = settings.int4_mode if settings.int4_mode != "int" else ("sym" if settings.sym else "asym")
+    return (f"int4 {kind} {group}, ratio {settings.ratio:g}, {layers}"
             + (f", {', '.join(extra)}" if extra else ""))

@@ -1,7 +1,8 @@
 """How far a converted model's weights are from its source checkpoint: relative MSE per matrix.
 
-For every compressed matrix of an OpenVINO IR (NNCF's layout: an integer Constant, Convert, an
-optional Subtract of the zero point, Multiply by the scale, an optional Reshape from groups) or of a
+For every compressed matrix of an OpenVINO IR (NNCF's layout: an integer or NF4 Constant, or CB4's
+4-bit indices Gathered from an fp8 codebook; Convert, an optional Subtract of the zero point, Multiply
+by the scale, an optional Reshape from groups) or of a
 GGUF file (dequantized by the `gguf` package), the dequantized weights are compared with the
 checkpoint's: relative MSE = sum((W_q - W)^2) / sum(W^2). Rows are sampled evenly (`sample_rows`)
 because every format here quantizes rows independently, so a row sample is an unbiased estimate at a
@@ -37,13 +38,21 @@ Q4_K_M_TO_Q4_0 = 0.406
 QUALITY_CLASSES = ("about Q8_0 error", "about Q5_K_M error or better", "about Q4_K_M error or better",
                    "between Q4_K_M and Q4_0", "about Q4_0 error", "coarser than Q4_0")
 _INT_TYPES = {"u4", "i4", "u8", "i8", "nf4", "u2", "f4e2m1"}
-_DECOMPRESSION_OPS = {"Convert", "Subtract", "Multiply", "Reshape"}
+_DECOMPRESSION_OPS = {"Convert", "Subtract", "Multiply", "Reshape", "Gather"}
+# NF4's 16 levels (QLoRA, Dettmers et al. 2023; bitsandbytes' table, which OpenVINO's ConvertNF4 uses):
+# a 4-bit code k stands for NF4_LEVELS[k] times the group's scale.
+NF4_LEVELS = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+                       -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+                       0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+                       0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0], np.float32)
+# NNCF names the 4-bit indices of a codebook (CB4) weight after the weight, with this suffix.
+_CODEBOOK_INDEX_SUFFIX = "_nncf_codebook_idxs"
 
 
 @dataclass
 class MatrixError:
     name: str  # the checkpoint's tensor name, e.g. model.layers.0.mlp.down_proj.weight
-    precision: str  # the stored element type: i4, u4, i8, u8, f16 (IR) or q4_K, q6_K, ... (GGUF)
+    precision: str  # the stored element type: i4, u4, i8, u8, nf4, cb4 (IR) or q4_K, q6_K, ... (GGUF)
     parameters: int
     relative_mse: float
     q4_0_relative_mse: float  # the same rows rounded with llama.cpp's Q4_0 rule
@@ -170,15 +179,30 @@ def _matrix_error(name: str, precision: str, approx: np.ndarray, exact: np.ndarr
 
 # --- OpenVINO IR ----------------------------------------------------------------------------------
 
+def f8e4m3_values(raw: np.ndarray) -> np.ndarray:
+    """fp8 E4M3 bytes (OCP 8-bit floating point, the "fn" variant OpenVINO's f8e4m3 is) as float32:
+    1 sign bit, 4 exponent bits with bias 7, 3 mantissa bits; exponent 0 is subnormal (mantissa / 8 * 2^-6),
+    S.1111.111 is NaN and there is no infinity."""
+    raw = np.asarray(raw, np.uint8).astype(np.int32)
+    sign = np.where(raw & 0x80, -1.0, 1.0)
+    exponent, mantissa = (raw >> 3) & 0x0F, raw & 0x07
+    normal = (1.0 + mantissa / 8.0) * np.exp2(exponent - 7.0)
+    value = sign * np.where(exponent == 0, mantissa / 8.0 * 2.0 ** -6, normal)
+    return np.where((raw & 0x7F) == 0x7F, np.nan, value).astype(np.float32)
+
+
 def _constant_values(node, index: np.ndarray | None = None) -> np.ndarray:
     """A Constant's values (rows `index` of axis 0 only, when given) as numbers; 4-bit types arrive
-    packed two per byte, low nibble first, and are cut to the rows before unpacking."""
+    packed two per byte, low nibble first, and are cut to the rows before unpacking. NF4 codes come back
+    as their levels (NF4_LEVELS), f8e4m3 bytes as the numbers they encode."""
     kind = node.get_output_element_type(0).get_type_name()
     shape = tuple(node.get_output_shape(0))
     data = np.asarray(node.data)
     rows = shape[0] if shape else 1
     per_row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
-    if kind in ("u4", "i4"):
+    if kind == "f8e4m3":
+        values = f8e4m3_values(data.view(np.uint8)).reshape(shape)
+    elif kind in ("u4", "i4", "nf4"):
         packed = data.view(np.uint8).ravel()
         if index is not None and per_row % 2 == 0:
             packed = packed.reshape(rows, per_row // 2)[index].ravel()
@@ -188,6 +212,8 @@ def _constant_values(node, index: np.ndarray | None = None) -> np.ndarray:
         if kind == "i4":
             values = np.where(values >= 8, values - 16, values).astype(np.int8)
         values = values[:int(np.prod(shape, dtype=np.int64))].reshape(shape)
+        if kind == "nf4":
+            values = NF4_LEVELS[values]
     else:
         values = data.reshape(shape)
     return values if index is None else values[index]
@@ -223,6 +249,11 @@ def _decompress(weight, index: np.ndarray) -> tuple[np.ndarray, Any]:
             value = value * _operand(consumer.input_value(other).get_node(), index, rows)
         elif kind == "Reshape":
             value = value.reshape(len(index), -1)
+        elif kind == "Gather":  # CB4 / codebook: the 4-bit values index a table of levels
+            if consumer.input_value(1).get_node().get_friendly_name() != node.get_friendly_name():
+                break  # not an index lookup into a constant table
+            table = _operand(consumer.input_value(0).get_node(), index, rows)
+            value = table[value.astype(np.int64)]
         elif consumer.get_output_element_type(0).get_type_name() == "f16":
             value = value.astype(np.float16).astype(np.float32)  # NNCF's f16 decompression rounds here
         node = consumer
@@ -230,7 +261,7 @@ def _decompress(weight, index: np.ndarray) -> tuple[np.ndarray, Any]:
 
 
 def _source_name(weight, checkpoint: Checkpoint) -> str | None:
-    name = weight.get_friendly_name().split("/")[0].removeprefix("self.")
+    name = weight.get_friendly_name().split("/")[0].removeprefix("self.").removesuffix(_CODEBOOK_INDEX_SUFFIX)
     # optimum-intel names the weights of a bf16 checkpoint `<module>._openvino_orig_weight`
     for candidate in (name, name.replace("._openvino_orig_weight", ".weight")):
         if candidate in checkpoint.tensors:
@@ -260,7 +291,8 @@ def ir_matrices(model_xml: Path, checkpoint: Checkpoint, sample_rows: int | None
         exact = checkpoint.rows(name, index)
         if approx.shape != exact.shape:
             continue
-        yield _matrix_error(name, kind, approx, exact, shape[0])
+        codebook = op.get_friendly_name().endswith(_CODEBOOK_INDEX_SUFFIX)
+        yield _matrix_error(name, "cb4" if codebook else kind, approx, exact, shape[0])
 
 
 def ir_weight_error(model_dir: Path, checkpoint_dir: Path, sample_rows: int | None = DEFAULT_SAMPLE_ROWS,

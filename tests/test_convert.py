@@ -170,6 +170,30 @@ def test_npu_preset_is_symmetric_int4_only(workdir, tiny_glm4):
     assert manifest.npu == {"max_prompt_len": 1024, "min_response_len": 256}
 
 
+def test_int4_modes_gptq_and_sensitivity_settings():
+    """NF4/CB4, GPTQ and the ratio's sensitivity metric (benchmarks/quality_sweep.py): which need calibration
+    data, and the settings refused with a one-line reason."""
+    from glm4_edge.convert import presets
+
+    from glm4_edge.errors import BadParameterError
+
+    nf4 = presets.resolve("cpu", int4_mode="nf4", group_size=64)
+    assert (nf4.int4_mode, nf4.group_size, nf4.data_aware) == ("nf4", 64, False)
+    assert presets.describe(nf4).startswith("int4 nf4 group 64")
+    for data_aware in (dict(gptq=True), dict(sensitivity_metric="hessian_input_activation", ratio=0.9)):
+        settings = presets.resolve("cpu", **data_aware)
+        assert settings.data_aware and settings.dataset == "builtin", data_aware
+    free = presets.resolve("cpu", sensitivity_metric="weight_quantization_error")
+    assert not free.data_aware and free.dataset is None
+    for device, kwargs, knob in (("cpu", dict(int4_mode="nf5"), "int4_mode"),
+                                 ("cpu", dict(sensitivity_metric="loss"), "sensitivity_metric"),
+                                 ("npu", dict(int4_mode="nf4"), "int4_mode"),
+                                 ("cpu", dict(weight_format="int8", int4_mode="nf4"), "int4_mode")):
+        with pytest.raises(BadParameterError) as caught:
+            presets.resolve(device, **kwargs)
+        assert caught.value.param == knob and "\n" not in str(caught.value)
+
+
 def test_manifest_is_complete(converted):
     manifest = read_manifest(converted("glm4", "int4"))
     assert manifest.source["id"] and manifest.source["content_hash"].startswith("sha256:")

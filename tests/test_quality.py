@@ -57,6 +57,102 @@ def test_ir_weight_error_hand_computed(tmp_path):
     assert result.worst.relative_mse == pytest.approx(1.875 / 32.5, rel=1e-6)
 
 
+def _save_matmul(dequantized, folder: Path, columns: int) -> None:
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    x = ops.parameter([-1, columns], ov.Type.f32, name="x")
+    model = ov.Model([ops.matmul(x, ops.convert(dequantized, ov.Type.f32), False, True)], [x])
+    ov.save_model(model, folder / "openvino_model.xml", compress_to_fp16=False)
+
+
+def _packed(codes: list[list[int]], kind) -> object:
+    """A 4-bit Constant of `kind` holding `codes`, packed two per byte, low nibble first."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    flat = np.array(codes, np.uint8).ravel()
+    tensor = ov.Tensor(kind, list(np.shape(codes)))
+    tensor.data[:] = flat[0::2] | (flat[1::2] << 4)
+    return ops.constant(tensor)
+
+
+def test_ir_weight_error_nf4_hand_computed(tmp_path):
+    """NF4 codes (NNCF's NF4 layout: nf4 Constant, Convert, Multiply by the scale) read as QLoRA's levels."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    # QLoRA's NF4 levels 0, 1, 7, 14, 15 (Dettmers et al. 2023), as the f16 Convert stores them.
+    level = {k: float(np.float16(v)) for k, v in {0: -1.0, 1: -0.6961928009986877, 7: 0.0,
+                                                   14: 0.7229568362236023, 15: 1.0}.items()}
+    codes = [[15, 0, 7, 15], [14, 1, 7, 7]]
+    scales = [2.0, 1.0]
+    exact = np.array([[2.0, -2.0, 0.25, 1.5], [0.75, -0.75, 0.0, 0.5]], np.float32)
+    weight = _packed(codes, ov.Type.nf4)
+    weight.set_friendly_name("self.model.layers.0.mlp.down_proj.weight")
+    scale = ops.constant(np.array([[2.0], [1.0]], np.float16))
+    _save_matmul(ops.multiply(ops.convert(weight, ov.Type.f16), scale), tmp_path / "ir", 4)
+    write_safetensors(tmp_path / "source" / "model.safetensors", {"model.layers.0.mlp.down_proj.weight": exact})
+
+    result = weight_error.ir_weight_error(tmp_path / "ir", tmp_path / "source", sample_rows=None)
+
+    dequantized = np.array([[level[c] * s for c in row] for row, s in zip(codes, scales, strict=True)])
+    assert [(m.name, m.precision, m.parameters) for m in result.matrices] == [
+        ("model.layers.0.mlp.down_proj.weight", "nf4", 8)]
+    squared_error = 0.25 ** 2 + 0.5 ** 2 + (0.75 - level[14]) ** 2 + (0.75 + level[1]) ** 2 + 0.5 ** 2
+    assert float(np.square(dequantized - exact).sum()) == pytest.approx(squared_error)
+    assert result.mean_relative_mse == pytest.approx(squared_error / float(np.square(exact).sum()), rel=1e-5)
+    # OpenVINO's own NF4 decompression gives the same weights (x = identity reads W' back)
+    compiled = ov.Core().compile_model(tmp_path / "ir" / "openvino_model.xml", "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32"})
+    np.testing.assert_allclose(compiled(np.eye(4, dtype=np.float32))[0].T, dequantized, rtol=1e-3)
+
+
+def test_ir_weight_error_codebook_hand_computed(tmp_path):
+    """CB4 (NNCF's layout: u4 indices, Convert to u8, Gather from an f8e4m3 codebook, Multiply by the scale)."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    # f8e4m3 bytes: -2 (0xC0), -1 (0xB8), 0, 0.375 (0x2C), 0.5 (0x30), 1 (0x38), 1.5 (0x3C)
+    table = ov.Tensor(ov.Type.f8e4m3, [7])
+    table.data[:] = np.array([0xC0, 0xB8, 0x00, 0x2C, 0x30, 0x38, 0x3C], np.uint8)
+    codebook = ops.constant(table)
+    codebook.set_friendly_name("self.model.layers.0.self_attn.q_proj.weight")
+    indices = _packed([[5, 0, 2, 3], [6, 1, 4, 4]], ov.Type.u4)
+    indices.set_friendly_name("self.model.layers.0.self_attn.q_proj.weight_nncf_codebook_idxs")
+    looked_up = ops.gather(ops.convert(codebook, ov.Type.f16), ops.convert(indices, ov.Type.u8), 0)
+    # Row 0: scale 1 -> 1, -2, 0, 0.375 (error 0.125 on the third); row 1: scale 2 -> 3, -2, 1, 1 (0.5 on the last).
+    scaled = ops.multiply(looked_up, ops.constant(np.array([[1.0], [2.0]], np.float16)))
+    _save_matmul(scaled, tmp_path / "ir", 4)
+    exact = np.array([[1.0, -2.0, 0.125, 0.375], [3.0, -2.0, 1.0, 1.5]], np.float32)
+    write_safetensors(tmp_path / "source" / "model.safetensors", {"model.layers.0.self_attn.q_proj.weight": exact})
+
+    result = weight_error.ir_weight_error(tmp_path / "ir", tmp_path / "source", sample_rows=None)
+
+    assert [(m.name, m.precision, m.parameters) for m in result.matrices] == [
+        ("model.layers.0.self_attn.q_proj.weight", "cb4", 8)]
+    power = 1 + 4 + 0.125 ** 2 + 0.375 ** 2 + 9 + 4 + 1 + 2.25
+    assert result.mean_relative_mse == pytest.approx((0.125 ** 2 + 0.5 ** 2) / power, rel=1e-6)
+
+
+def test_f8e4m3_decoding_is_openvinos():
+    """Every fp8 E4M3 byte decodes as OpenVINO's Convert does (NaN bytes excepted); a few by hand."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    raw = np.arange(256, dtype=np.uint8)
+    tensor = ov.Tensor(ov.Type.f8e4m3, [256])
+    tensor.data[:] = raw
+    model = ov.Model([ops.convert(ops.constant(tensor), ov.Type.f32)], [])
+    want = ov.Core().compile_model(model, "CPU")({})[0]
+    got = weight_error.f8e4m3_values(raw)
+    finite = (raw & 0x7F) != 0x7F
+    np.testing.assert_array_equal(got[finite], want[finite])
+    assert np.isnan(got[~finite]).all()
+    np.testing.assert_array_equal(weight_error.f8e4m3_values(np.array([0x01, 0x38, 0xFE], np.uint8)),
+                                  np.array([2.0 ** -9, 1.0, -448.0], np.float32))
+
+
 def test_gguf_weight_error_hand_computed(tmp_path):
     """A Q8_0 block written byte by byte, read back through the gguf package's dequantization."""
     gguf = pytest.importorskip("gguf")
