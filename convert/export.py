@@ -26,7 +26,7 @@ from glm4_edge.glm_format import DEFAULT_GENERATION_PREFIX, STOP_TOKENS, THINK_O
 from glm4_edge.integrity import file_table
 from glm4_edge.manifest import MANIFEST_NAME, Compression, Manifest
 
-from . import calibration, families, lora, presets, vision_export
+from . import calibration, families, lora, presets, rope, vision_export
 from .source import (  # noqa: F401 - content_hash: `glm4-edge run` reads it from here
     Progress,
     _count_parameters,
@@ -126,6 +126,8 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> Conver
         timer = time.perf_counter()
         progress("exporting to OpenVINO IR")
         export_ir(export_folder, temp, fp16=settings.weight_format == "fp16")
+        if settings.weight_format == "fp16":  # compress_ir does it for the other formats, at no extra write
+            rope.restore_in_ir(temp / "openvino_model.xml", export_folder)
         stages["export"] = time.perf_counter() - timer
 
         timer = time.perf_counter()
@@ -173,7 +175,7 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> Conver
                 bits_table=bits, weight_error=error,
             ),
             context_length=families.context_window(config),
-            rope_scaling=rope if families.rope_type(rope := families.rope_entry(config)) != "default" else None,
+            rope_scaling=entry if families.rope_type(entry := families.rope_entry(config)) != "default" else None,
             reasoning=source.reasoning or THINK_OPEN in prefix,
             generation_prefix=prefix,
             stop_token_ids=stop_ids,
@@ -276,6 +278,9 @@ def compress_ir(out: Path, source_folder: Path, settings: presets.CompressionSet
             min_adjusted_group_size=presets.MIN_ADJUSTED_GROUP_SIZE)
     with _quiet_logger("nncf", logging.WARNING):
         compressed = nncf.compress_weights(model, mode=mode, **kwargs)
+    inv_freq = rope.reference_inv_freq(source_folder)
+    if inv_freq is not None:
+        rope.restore_inv_freq(compressed, inv_freq)
     temp_xml = out / "openvino_model.compressed.xml"
     ov.save_model(compressed, temp_xml, compress_to_fp16=False)
     del compressed, model

@@ -125,6 +125,38 @@ def test_fp16_logits_match_pytorch(converted, sources, family):
     assert (got.argmax(-1) == reference.argmax(-1)).mean() > 0.95
 
 
+@pytest.mark.parametrize("family, weight_format", [("glm4", "fp16"), ("glm4", "int4"), ("glm", "int8"),
+                                                   ("chatglm", "int4")])
+def test_rope_frequencies_stay_f32(converted, sources, family, weight_format):
+    """optimum's fp16 export rounds inv_freq to f16, an angle error that grows with position (convert/rope.py):
+    every format's IR carries transformers' exact f32 values instead, and no f16 copy of them is left."""
+    from glm4_edge.convert import rope
+
+    source = sources["glm" if family == "chatglm" else family]
+    inv_freq = rope.reference_inv_freq(source)
+    model = ov.Core().read_model(converted(family, weight_format) / "openvino_model.xml")
+    found = {"f32": 0, "f16": 0}
+    for node in model.get_ordered_ops():
+        if node.get_type_name() == "Constant" and int(np.prod(list(node.get_output_shape(0)))) == inv_freq.size:
+            data = node.get_data().ravel()
+            if data.dtype == np.float32 and np.array_equal(data, inv_freq):
+                found["f32"] += 1
+            elif data.dtype == np.float16 and np.array_equal(data, inv_freq.astype(np.float16)):
+                found["f16"] += 1
+    assert found == {"f32": 1, "f16": 0}
+
+
+def test_fp16_logits_match_pytorch_far_into_the_context(converted, sources):
+    """Positions up to 1024: with f16 RoPE frequencies the logits drift from PyTorch as positions grow."""
+    rng = np.random.default_rng(7)
+    config = json.loads((sources["glm4"] / "config.json").read_text())
+    ids = rng.integers(0, config["vocab_size"], 1024).tolist()
+    reference = torch_logits(sources["glm4"], ids)
+    got = ov_logits(converted("glm4", "fp16"), ids)
+    rmse = np.sqrt(np.mean((got - reference) ** 2)) / np.sqrt(np.mean(reference ** 2))
+    assert rmse < 1e-3, rmse
+
+
 def test_legacy_chatglm_matches_the_glm_model_it_was_written_from(converted, sources):
     """The legacy layout is remapped without remote code: same logits and same tokens as the original."""
     folder = converted("chatglm", "fp16")
