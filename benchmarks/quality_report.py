@@ -116,11 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "out")
     parser.add_argument("--speeds", type=Path, required=True)
     parser.add_argument("--docs", type=Path, default=HERE.parent / "docs")
+    parser.add_argument("--plot", default="bench-pareto.png", help="file name of the plot under --docs")
     args = parser.parse_args(argv)
     sweeps = load(args.out)
     speeds = json.loads(args.speeds.read_text())
     print("\n".join(table(sweeps, speeds)))
-    plot(sweeps, speeds, args.docs / "bench-pareto.png")
+    plot(sweeps, speeds, args.docs / args.plot)
     return 0
 
 
