@@ -63,6 +63,8 @@ def open_image(source: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
         # Pillow's own bomb check fires in open() for the most extreme sizes, before ours can read them.
         raise BadParameterError(f"{name} is over the {max_pixels // 1_000_000} megapixel limit (too large to decode "
                                 "safely); downscale it first", "image") from None
+    except BadParameterError:  # our size check: a ValueError too, but already the right one line
+        raise
     except UnidentifiedImageError:
         raise BadParameterError(f"{name} is not an image Pillow can read; {IMAGE_HINT}", "image") from None
     except (OSError, ValueError, SyntaxError) as error:  # Pillow's ways of saying the data ends early or is bad

@@ -128,6 +128,17 @@ class ContentPart(_Open):
         if self.type not in ("text", *IMAGE_PART_TYPES):
             raise _fail("invalid_value", f"a {self.type!r} content part; glm4-edge reads text and (GLM-4V models) "
                                          "image_url parts")
+        if self.type in IMAGE_PART_TYPES:
+            # The Python API also takes paths; over HTTP a path would let any client read the server's files.
+            extra = self.model_extra or {}
+            value = extra.get(self.type, extra.get("image_url"))
+            if isinstance(value, dict):
+                value = value.get("url")
+            if isinstance(value, str) and not value.startswith("data:"):
+                remote = value.startswith(("http://", "https://"))
+                raise _fail("invalid_value", ("a remote image URL" if remote else "an image URL that is not a data: "
+                                              "URL") + "; this server never fetches URLs or reads its own files: "
+                            "send the image inline as data:image/png;base64,...")
         return self
 
 

@@ -305,8 +305,15 @@ def test_bad_images_get_one_line_errors(model, tmp_path, case):
 
 
 def test_image_bound_is_read_from_the_header(tmp_path):
-    with pytest.raises(BadParameterError, match="3000x3000 pixels, over the 1 megapixel limit"):
+    with pytest.raises(BadParameterError, match="3000x3000 pixels, over the 1 megapixel limit") as caught:
         images.open_image(png_header_only(3000, 3000), max_pixels=1_000_000)
+    assert "truncated" not in str(caught.value) and "could not be decoded" not in str(caught.value)
+    # Above the default 50 MP but under Pillow's own bomb limit: the same one line, not a decode failure.
+    with pytest.raises(BadParameterError) as caught:
+        images.open_image(png_header_only(8000, 8000))
+    assert str(caught.value).startswith("the image data is 8000x8000 pixels") or "8000x8000 pixels, over" in str(
+        caught.value)
+    assert "truncated" not in str(caught.value)
 
 
 def test_image_to_a_text_only_model_is_refused(tiny_int4):
@@ -456,6 +463,8 @@ def test_server_takes_image_url_parts(converted, model, tmp_path):
                                             {"type": "image_url", "image_url": {"url": url}}]}
 
     url = "data:image/png;base64," + base64.b64encode(png_bytes(picture(3))).decode()
+    local = tmp_path / "on-the-server.png"  # a path (or file: URL) must not read the server's own files
+    local.write_bytes(png_bytes(picture(3)))
     expected = model.generate("What is this?", image=picture(3), max_new_tokens=6, temperature=0).text
     server = start_server(converted, tmp_path / "serve.log", "--max-concurrency", "2")
     try:
@@ -474,7 +483,9 @@ def test_server_takes_image_url_parts(converted, model, tmp_path):
                                                            "max_tokens": 3})
             assert text.status_code == 200
             for messages, extra, words in (
-                ([image_turn("What?", "https://example.com/cat.png")], {}, "not fetched"),
+                ([image_turn("What?", "https://example.com/cat.png")], {}, "never fetches"),
+                ([image_turn("What?", str(local))], {}, "never fetches URLs or reads its own files"),
+                ([image_turn("What?", local.as_uri())], {}, "never fetches URLs or reads its own files"),
                 ([image_turn("What?", url), {"role": "assistant", "content": "A cat."}, image_turn("And?", url)],
                  {}, "one image per conversation"),
                 ([image_turn("What?", "data:image/png;base64,AAAA")], {}, "not an image"),
