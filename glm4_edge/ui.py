@@ -375,10 +375,14 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
             fresh = Conversation(active=time.monotonic(), epoch=control.epoch)
             return [], fresh, ""
 
-        def idle_check(conv: Conversation, request: gr.Request):
+        def idle_check(conv: Conversation, draft: str, request: gr.Request):
             control = controls.get(request)
             waiting = [None] * len(boxes)  # the next visitor does not get the last one's image or files
-            if control.busy or not (conv.display or conv.uploaded) or time.monotonic() - conv.active < idle_s:
+            if (draft or "") != conv.draft:  # typing counts as use; an unsent draft is emptied like the rest
+                conv.draft, conv.active = draft or "", time.monotonic()
+                return gr.skip(), conv, *(gr.skip(),) * (1 + len(waiting))
+            if control.busy or not (conv.display or conv.uploaded or conv.draft) or \
+                    time.monotonic() - conv.active < idle_s:
                 return (gr.skip(),) * (3 + len(waiting))
             return (*reset(request), *waiting)
 
@@ -451,7 +455,7 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
         chatbot.clear(reset, None, [chatbot, conversation, prompt], **instant)  # the Chatbot's own bin icon
         if idle_s:
             timer = gr.Timer(min(MAX_IDLE_CHECK_S, idle_s / IDLE_CHECKS_PER_TIMEOUT))
-            timer.tick(idle_check, [conversation], [chatbot, conversation, prompt, *boxes], **instant)
+            timer.tick(idle_check, [conversation, prompt], [chatbot, conversation, prompt, *boxes], **instant)
         app.unload(forget_tab)
 
     app.glm4_edge_kiosk = kiosk  # read by `launch` for the theme, CSS and footer

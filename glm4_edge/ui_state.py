@@ -20,6 +20,7 @@ class Conversation:
     active: float = 0.0  # time.monotonic() of the last use, for the kiosk idle reset
     epoch: int = 0  # `_Control.epoch` when the pending turn was added
     uploaded: bool = False  # an image or a document was put in a box (a kiosk's idle reset empties it)
+    draft: str = ""  # the prompt box's text at the last idle check: a change there counts as use
 
 
 @dataclass

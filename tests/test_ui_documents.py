@@ -105,6 +105,20 @@ def test_kiosk_idle_reset_empties_a_waiting_document(scripted_model, page, tmp_p
         assert "visitor" not in page.inner_text("#upload"), "the idle reset left the last visitor's file in the box"
 
 
+def test_kiosk_idle_reset_empties_a_typed_draft(scripted_model, page):
+    """A question typed but never sent, before any conversation, is the last visitor's too."""
+    from glm4_edge.ui import KioskConfig
+
+    with _serve(scripted_model, KioskConfig(idle_minutes=0.03)) as (url, _):  # 1.8 s
+        _open(page, url)
+        page.locator("#prompt textarea").fill("my private draft")
+        for _ in range(40):
+            if page.locator("#prompt textarea").input_value() == "":
+                break
+            page.wait_for_timeout(500)
+        assert page.locator("#prompt textarea").input_value() == "", "the idle reset left the last visitor's draft"
+
+
 def test_python_tool_shows_code_and_output_in_collapsible_blocks(python_model, page):
     with _serve(python_model, python_tool=True) as (url, _):
         _open(page, url)
