@@ -67,17 +67,19 @@ def table(sweeps: dict[str, dict[str, Any]], speeds: dict[str, dict[str, Any]]) 
             row, base, floor = (sweep["rows"].get(name), sweep["rows"].get(BASELINE), sweep["rows"].get(FLOOR))
             if row is None:
                 cells += ["–"] * 4
-                floor_ok = False
+                floor_ok = None if floor_ok is not False else False  # not measured on this statistic
                 continue
             mse, base_mse = _mse(row), base and _mse(base)
             cells.append("–" if mse is None else f"{mse:.5f}" + (f" ({mse / base_mse:.2f}x)" if base_mse else ""))
             cells += [f"{row['logit_rmse']:.3f}", f"{row['kl']:.4f}", f"{row['top1']:.1%}"]
-            if floor:
-                floor_ok &= row["logit_rmse"] <= floor["logit_rmse"] and (mse or 0.0) <= (_mse(floor) or 0.0)
+            if floor and floor_ok is not False:
+                passed = row["logit_rmse"] <= floor["logit_rmse"] and (mse or 0.0) <= (_mse(floor) or 0.0)
+                floor_ok = floor_ok if passed else False
         cells.append(" / ".join(_int8_share(sweep["rows"].get(name)) for sweep in sweeps.values()))
         speed = speeds.get(name, {})
         cells += [f"{speed['decode']:.1f}" if speed.get("decode") else "–",
-                  f"{speed['prefill']:.0f}" if speed.get("prefill") else "–", "yes" if floor_ok else "no"]
+                  f"{speed['prefill']:.0f}" if speed.get("prefill") else "–",
+                  {True: "yes", None: "–"}.get(floor_ok, "no")]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
