@@ -95,7 +95,14 @@ def run(args: argparse.Namespace) -> int:
                       "message[/]")
             continue
         if command.startswith("/image"):
-            image = pick_image(model, command[len("/image"):].strip(), err) or image
+            if any(m.get("image") is not None for m in chat.messages):  # said now, not after the next message
+                err.print("[red]GLM-4V takes one image per conversation and this one has its image; /clear starts "
+                          "a new conversation[/]")
+                continue
+            picked = pick_image(model, command[len("/image"):].strip(), err)
+            if picked is not None and image is not None:
+                err.print("[dim](it replaces the image attached before)[/]")
+            image = picked or image
             continue
         if command == "/stats":
             err.print(chat.last_stats.summary() if chat.last_stats else "[dim]no answer yet[/]")
