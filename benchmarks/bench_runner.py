@@ -262,3 +262,11 @@ def paired_decode(specs: list[Any], cycles: int, prompt_tokens: int, gen_tokens:
     finally:
         for worker in workers:
             worker.close()
+
+
+def emit(line: str, path: Path | None) -> None:
+    """Print one JSON result line and, with `path`, append it there (results survive a later crash)."""
+    print(line, flush=True)
+    if path:
+        with path.open("a") as handle:
+            handle.write(line + "\n")

@@ -21,6 +21,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_runner import emit  # noqa: E402
+
 WORDS = ("alpha beta gamma delta model token cache stream answer history system user reply quick brown fox "
          "jumps over lazy dog river mountain city light sound water stone green blue report revenue").split()
 
@@ -89,10 +93,7 @@ def main() -> int:
                                   stdout=subprocess.PIPE, text=True)
             line = done.stdout.strip().splitlines()[-1] if done.returncode == 0 else json.dumps(
                 {"prompt_tokens": tokens, "kv_cache_precision": kv, "error": f"exit {done.returncode}"})
-            print(line, flush=True)
-            if args.json:
-                with args.json.open("a") as handle:
-                    handle.write(line + "\n")
+            emit(line, args.json)
     return 0
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from bench_runner import emit  # noqa: E402
 from convert_memory import OUT, build_vision  # noqa: E402
 from long_prompt import document  # noqa: E402
 
@@ -177,10 +178,7 @@ def main() -> int:
     text = _child("text", text_model, args, vision["image"][0]["prompt_tokens"])
     line = json.dumps({"model": str(vision_model), "text_model": str(text_model), **summarize(vision, text),
                        "runs": {"glm4v": vision, "text": text}})
-    print(line)
-    if args.json:
-        with args.json.open("a") as handle:
-            handle.write(line + "\n")
+    emit(line, args.json)
     return 0
 
 
