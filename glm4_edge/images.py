@@ -73,6 +73,15 @@ def open_image(source: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
                                 f"{IMAGE_HINT}", "image") from None
 
 
+def holds_image(turns: Sequence[dict[str, Any]]) -> bool:
+    """Whether the conversation the model sees already carries its one image.
+
+    A trailing user turn has no answer (it failed; the next message replaces it), so its image does not count.
+    """
+    settled = turns[:-1] if turns and turns[-1].get("role") == "user" else turns
+    return any(turn.get("image") for turn in settled)
+
+
 def _checked_size(image, max_pixels: int, name: str):
     width, height = image.size
     if width * height > max_pixels:

@@ -118,11 +118,9 @@ async def _events(generation, first: Chunk | None, writer: anthropic_format.Mess
     try:
         for line in writer.start(prompt_tokens):
             yield line
-        chunk = first
-        while chunk is not None:
+        async for chunk in generation.chunks(first):
             for line in writer.feed(chunk):
                 yield line
-            chunk = await generation.next()
     except Exception as error:  # headers are out: report in-band, as Anthropic does
         LOG.exception("generation failed mid-stream")
         yield anthropic_format.event("error", {"error": anthropic_format.error_body(500, _first_line(error))["error"]})

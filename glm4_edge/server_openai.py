@@ -158,13 +158,11 @@ class OpenAIEndpoints:
         # Starlette cancels this generator when the client disconnects; `finally` then stops the model.
         try:
             yield _sse(fmt.opening(include_usage))
-            chunk = first
-            while chunk is not None:
+            async for chunk in generation.chunks(first):
                 for payload in fmt.pieces(chunk, include_usage):
                     yield _sse(payload)
                 if chunk.finish_reason and include_usage:
                     yield _sse(fmt.usage(chunk.stats))
-                chunk = await generation.next()
             yield _sse("[DONE]")
         except Exception as error:  # headers are out: report in-band, as OpenAI does
             LOG.exception("generation failed mid-stream")

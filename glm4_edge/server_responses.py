@@ -384,11 +384,9 @@ class ResponsesApi:
         try:
             for event in writer.start():
                 yield event
-            chunk = first
-            while chunk is not None:
+            async for chunk in generation.chunks(first):
                 for event in writer.feed(chunk):
                     yield event
-                chunk = await generation.next()
             self._keep(writer, history)
         except Exception as error:  # headers are out: report in-band, as OpenAI does
             LOG.exception("generation failed mid-stream")

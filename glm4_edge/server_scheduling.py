@@ -53,6 +53,13 @@ class Generation:
             raise item.error
         return item
 
+    async def chunks(self, first: Chunk | None) -> AsyncIterator[Chunk]:
+        """`first` (already read, to choose the response's status), then every chunk after it."""
+        chunk = first
+        while chunk is not None:
+            yield chunk
+            chunk = await self.next()
+
 
 class DisconnectWatch:
     """Sets `cancel` when the client disconnects, and lets awaits give up when it does."""

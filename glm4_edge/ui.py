@@ -25,7 +25,7 @@ from typing import Any
 import gradio as gr
 
 from . import documents as docs
-from . import ui_image
+from . import images, ui_image
 from .code_tool import ToolEvent
 from .errors import Glm4EdgeError
 from .model import Chunk, Model
@@ -210,7 +210,7 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
                 note(conv, s["too_long"].format(limit=config.max_input_chars))
                 return gr.skip(), list(conv.display), conv
             if picture is not None:  # refused before anything is sent; the question and the image stay
-                problem = (s["one_image"].format(clear=clear_label) if ui_image.holds_image(conv.turns)
+                problem = (s["one_image"].format(clear=clear_label) if images.holds_image(conv.turns)
                            else ui_image.image_problem(picture))
                 if problem:
                     note(conv, f"⚠️ {problem}")
@@ -398,7 +398,7 @@ def build_app(model: Model, kiosk_config: KioskConfig | None = None, *, system_p
                     gr.Warning(problem)
                 return None if problem else gr.skip(), gr.skip(), gr.skip()
             conv.uploaded, conv.active = True, time.monotonic()
-            if problem is None and not ui_image.holds_image(conv.turns):
+            if problem is None and not images.holds_image(conv.turns):
                 return gr.skip(), gr.skip(), conv
             kept = None if problem else gr.skip()
             note(conv, f"⚠️ {problem or s['one_image'].format(clear=clear_label)}")

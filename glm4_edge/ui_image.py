@@ -10,7 +10,6 @@ own header read could fail on it when the message is sent.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +45,6 @@ def image_problem(path: str) -> str | None:
     except Exception as error:  # noqa: BLE001 - a decoder failure must be a line on the page, not a crash
         return f"{name} could not be decoded ({type(error).__name__}); {images.IMAGE_HINT}"
     return None
-
-
-def holds_image(turns: Sequence[dict[str, Any]]) -> bool:
-    """Whether the conversation the model sees already carries its one image.
-
-    A trailing user turn has no answer (it failed; the next message replaces it), so its image does not count.
-    """
-    settled = turns[:-1] if turns and turns[-1].get("role") == "user" else turns
-    return any(turn.get("image") for turn in settled)
 
 
 def shown_with_image(path: str, text: str) -> list[Any]:

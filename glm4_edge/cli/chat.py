@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
                       "message[/]")
             continue
         if command.startswith("/image"):
-            if any(m.get("image") is not None for m in chat.messages):  # said now, not after the next message
+            if images.holds_image(chat.messages):  # said now, not after the next message
                 err.print("[red]GLM-4V takes one image per conversation and this one has its image; /clear starts "
                           "a new conversation[/]")
                 continue
