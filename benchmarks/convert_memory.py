@@ -3,6 +3,7 @@
     python benchmarks/convert_memory.py --layers 4            # 3.9 GB checkpoint
     python benchmarks/convert_memory.py --layers 40           # the full 18.8 GB GLM-4-9B shape
     python benchmarks/convert_memory.py --vision --layers 40  # the full ~28 GB GLM-4V-9B shape
+    python benchmarks/convert_memory.py --vision --layers 40 --sparse-language  # the same in ~9 GB of disk
     python benchmarks/convert_memory.py --vision --layers 2 --vision-layers 2 --vocab 16384   # a smoke run
 
 Builds the checkpoint once under benchmarks/out/, then converts it in a child process and reads its
@@ -62,19 +63,21 @@ def build(layers: int) -> Path:
     return folder
 
 
-def build_vision(layers: int, vision_layers: int, vocab: int) -> Path:
-    """A GLM-4V-9B-shaped bf16 checkpoint (`layers` language and `vision_layers` vision blocks), built once."""
+def build_vision(layers: int, vision_layers: int, vocab: int, sparse_language: bool = False) -> Path:
+    """A GLM-4V-9B-shaped bf16 checkpoint (`layers` language and `vision_layers` vision blocks), built once;
+    `sparse_language`: language matrices zero, as holes in sparse files (see the builder)."""
     from glm4_edge.convert.vision_synthetic import (
         GLM4V_9B_LANGUAGE,
         GLM4V_9B_VISION,
         build_sharded_vision_checkpoint,
     )
 
-    folder = OUT / f"glm4v-9b-shaped-L{layers}-V{vision_layers}-vocab{vocab}-bf16"
+    sparse = "-sparse-language" if sparse_language else ""
+    folder = OUT / f"glm4v-9b-shaped-L{layers}-V{vision_layers}-vocab{vocab}-bf16{sparse}"
     if not (folder / "config.json").is_file():
         build_sharded_vision_checkpoint(
             folder, dataclasses.replace(GLM4V_9B_LANGUAGE, num_hidden_layers=layers, vocab_size=vocab),
-            dataclasses.replace(GLM4V_9B_VISION, num_hidden_layers=vision_layers))
+            dataclasses.replace(GLM4V_9B_VISION, num_hidden_layers=vision_layers), sparse_language=sparse_language)
     return folder
 
 
@@ -115,7 +118,9 @@ def measure(source: Path, weight_format: str, vision: bool = False) -> dict:
 
         threading.Thread(target=follow, daemon=True).start()
     peak_anon = peak_total = peak = 0
+    free_at_start = lowest_free = shutil.disk_usage(OUT).free  # the disk the conversion writes at its peak
     while child.poll() is None:
+        lowest_free = min(lowest_free, shutil.disk_usage(OUT).free)
         try:
             anon, mapped, high_water = _resident(child.pid)
         except (OSError, ValueError):
@@ -134,12 +139,25 @@ def measure(source: Path, weight_format: str, vision: bool = False) -> dict:
               "peak_anonymous_gb": round(peak_anon / 1e9, 2), "anonymous_ratio": round(peak_anon / checkpoint, 2),
               "sampled_peak_rss_gb": round(peak_total / 1e9, 2),
               "seconds": round(seconds, 1),
+              "peak_disk_written_gb": round((free_at_start - lowest_free) / 1e9, 2),
+              "estimated_disk_gb": round(_disk_estimate(source, weight_format) / 1e9, 2),
               "output_gb": round(sum(p.stat().st_size for p in output.rglob("*") if p.is_file()) / 1e9, 2)}
     if vision:
         result.update(vision_layers=config["vision_config"]["num_hidden_layers"], **_vision_figures(
             source, weight_format, stage_peaks, stage_started, seconds))
     shutil.rmtree(output, ignore_errors=True)
     return result
+
+
+def _disk_estimate(source: Path, weight_format: str) -> int:
+    """What `convert`'s resource check asks to have free for this checkpoint."""
+    from glm4_edge.convert import families
+    from glm4_edge.convert.source import resource_needs
+
+    info = families.detect_family(source)
+    need_disk, _ = resource_needs(info, families.checkpoint_bytes(source), weight_format,
+                                  staged_copy=info.family == "chatglm")
+    return need_disk
 
 
 def _vision_figures(source: Path, weight_format: str, stage_peaks: dict[str, int], stage_started: dict[str, float],
@@ -177,6 +195,9 @@ def main() -> None:
     parser.add_argument("--vision", action="store_true", help="a GLM-4V-9B-shaped checkpoint (vision tower too)")
     parser.add_argument("--vision-layers", type=int, default=63, help="vision blocks with --vision (glm-4v-9b: 63)")
     parser.add_argument("--vocab", type=int, default=151552, help="vocabulary with --vision (smaller: smoke runs)")
+    parser.add_argument("--sparse-language", action="store_true",
+                        help="with --vision: language matrices zero, as holes in sparse files (~9 GB of disk "
+                             "instead of ~28 GB at full size); memory, disk and time do not depend on the values")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -184,7 +205,7 @@ def main() -> None:
         return
     OUT.mkdir(parents=True, exist_ok=True)
     if args.vision:
-        source = build_vision(args.layers, args.vision_layers, args.vocab)
+        source = build_vision(args.layers, args.vision_layers, args.vocab, args.sparse_language)
     else:
         source = build(args.layers)
     print(json.dumps(measure(source, args.weight_format, vision=args.vision)))

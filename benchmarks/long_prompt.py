@@ -2,7 +2,9 @@
 
     python benchmarks/long_prompt.py MODEL --tokens 8192 32768 65536 [--kv u8 u4] [--json out.jsonl]
 
-Each (length, KV precision) runs in a fresh process so its peak RSS (VmHWM) is its own. In that
+Each (length, KV precision) runs in a fresh process so its peak RSS (VmHWM) is its own; the peak is
+reset between the phases, so the one-shot and chunked peaks are each their own (the follow-up's
+includes the chunked prefill's KV cache). In that
 process: a one-shot prefill of a document of N tokens (`--no-one-shot` skips it), a chunked prefill
 (glm4-edge's progress/cancel path) of a different document of the same length, then a follow-up
 question about that second document, whose TTFT shows what the prefix cache saves. Documents are
@@ -39,6 +41,19 @@ def document(model, tokens: int, seed: int) -> str:
     return model.tokenizer.decode([int(i) for i in ids])
 
 
+def _rss_gib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 2**20, 2)
+    return 0.0
+
+
+def _reset_peak() -> None:
+    """Reset VmHWM to the current RSS (Linux >= 4.0, `clear_refs` value 5), so that the next phase's
+    peak is its own and not the one-shot prefill's."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 def measure(model_dir: str, tokens: int, kv: str, one_shot: bool) -> dict:
     import glm4_edge
     from glm4_edge.documents import Document, document_prompt
@@ -47,8 +62,10 @@ def measure(model_dir: str, tokens: int, kv: str, one_shot: bool) -> dict:
     model = glm4_edge.load(model_dir, properties={"KV_CACHE_PRECISION": kv})
     model.context_length = tokens + 4096
     model.warm_up()
+    loaded_rss = _rss_gib()
     # The machine's 1-minute load average: on a shared 2-core machine the rates mean little without it.
-    result: dict = {"prompt_tokens": tokens, "kv_cache_precision": kv, "load_avg_start": os.getloadavg()[0]}
+    result: dict = {"prompt_tokens": tokens, "kv_cache_precision": kv, "load_avg_start": os.getloadavg()[0],
+                    "loaded_rss_gib": loaded_rss}
 
     def ask(text: str, question: str, chunked: bool) -> tuple[float, int, int]:
         model.prefill_threshold = 4096 if chunked else 0
@@ -59,17 +76,19 @@ def measure(model_dir: str, tokens: int, kv: str, one_shot: bool) -> dict:
 
     if one_shot:
         ttft, count, _ = ask(document(model, tokens, 1), "Summarize the report.", chunked=False)
-        result.update(one_shot_ttft_s=round(ttft, 2), one_shot_tokens_per_s=round(count / ttft, 1))
+        result.update(one_shot_ttft_s=round(ttft, 2), one_shot_tokens_per_s=round(count / ttft, 1),
+                      one_shot_peak_rss_gib=round(peak_rss_bytes() / 2**30, 2))
+        _reset_peak()
         print(json.dumps(result), file=sys.stderr, flush=True)  # partial results survive a timeout
     text = document(model, tokens, 2)
     started = time.perf_counter()
     ttft, count, updates = ask(text, "Summarize the report.", chunked=True)
     result.update(chunked_ttft_s=round(ttft, 2), chunked_tokens_per_s=round(count / ttft, 1),
                   chunked_wall_s=round(time.perf_counter() - started, 2), progress_updates=updates,
-                  peak_rss_gib=round(peak_rss_bytes() / 2**30, 2), load_avg_end=os.getloadavg()[0])
+                  chunked_peak_rss_gib=round(peak_rss_bytes() / 2**30, 2), load_avg_end=os.getloadavg()[0])
     print(json.dumps(result), file=sys.stderr, flush=True)
     follow, _, _ = ask(text, "Which city does the report name first?", chunked=True)
-    result.update(follow_up_ttft_s=round(follow, 3), peak_rss_gib=round(peak_rss_bytes() / 2**30, 2))
+    result.update(follow_up_ttft_s=round(follow, 3), follow_up_peak_rss_gib=round(peak_rss_bytes() / 2**30, 2))
     return result
 
 

@@ -214,8 +214,12 @@ def _shards(tables: list[dict[str, tuple]], itemsize: int, limit: int) -> list[l
 
 def build_sharded_vision_checkpoint(folder: Path, shape: Shape = GLM4V_9B_LANGUAGE,
                                     vision: VisionShape = GLM4V_9B_VISION, seed: int = 0,
-                                    shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
+                                    shard_bytes: int = DEFAULT_SHARD_BYTES, sparse_language: bool = False) -> Path:
     """Write a random bf16 GLM-4V checkpoint of any size, one shard in memory at a time.
+
+    `sparse_language`: the language model's matrices are zeros left as holes in sparse shard files
+    (norms and biases are written), so the full-size shape takes ~9 GB of disk instead of ~28 GB; only
+    for what does not depend on the values (conversion memory, disk and time). The vision tower stays random.
 
     The full-size default is ~28 GB on disk (glm-4v-9b: 9.4B language + 4.4B vision parameters) and
     needs about `shard_bytes` of RAM. Language shards come first and vision shards last, never mixed,
@@ -247,15 +251,45 @@ def build_sharded_vision_checkpoint(folder: Path, shape: Shape = GLM4V_9B_LANGUA
     with torch.no_grad():
         for number, names in enumerate(groups, start=1):
             file = f"model-{number:05d}-of-{len(groups):05d}.safetensors"
+            weight_map.update(dict.fromkeys(names, file))
+            if sparse_language and names[0] in language:
+                total += _save_sparse_zeros(temp / file, {name: everything[name] for name in names})
+                continue
             shard = {name: _random_tensor(name, everything[name], generator) for name in names}
             save_file(shard, temp / file, metadata={"format": "pt"})
             total += sum(t.numel() * t.element_size() for t in shard.values())
-            weight_map.update(dict.fromkeys(names, file))
             del shard
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (temp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     temp.rename(folder)
     return folder
+
+
+def _save_sparse_zeros(path: Path, shapes: dict[str, tuple]) -> int:
+    """A bf16 safetensors file whose matrices are holes (read back as zeros) and whose vectors are
+    written: norm weights 1.0, the rest 0.0. Written by hand because safetensors' writers take tensors
+    in memory and write every byte. Returns the tensors' bytes. Format: safetensors' README (an 8-byte
+    little-endian header length, a JSON header with dtype/shape/data_offsets, then the data)."""
+    import struct
+
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, dims in shapes.items():
+        size = 2 * math.prod(dims)
+        header[name] = {"dtype": "BF16", "shape": list(dims), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # data starts 8-byte aligned, as safetensors writes it
+    start = 8 + len(text)
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(text)) + text)
+        for name, dims in shapes.items():
+            if len(dims) == 1:
+                handle.seek(start + header[name]["data_offsets"][0])
+                one = b"\x80\x3f" if "norm" in name else b"\x00\x00"  # bf16 1.0 is 0x3f80, little-endian
+                handle.write(one * dims[0])
+        handle.truncate(start + offset)
+    return offset
 
 
 def _random_tensor(name: str, dims: tuple, generator):

@@ -58,6 +58,43 @@ def test_sharded_builder_writes_the_tiny_checkpoints_tensors_in_bf16_shards(tiny
     assert files[-1] == f"model-{len(files):05d}-of-{len(files):05d}.safetensors"
 
 
+def test_sparse_language_shards_read_back_as_zero_matrices_and_real_vectors(tiny, tmp_path):
+    """The sparse builder: safetensors reads its hand-written shards (same names, shapes, dtype as the
+    random build), matrices are zero and take no disk blocks, norms are 1.0; the tower stays random."""
+    import torch
+    from safetensors import safe_open
+
+    from glm4_edge.convert.synthetic import TINY
+    from glm4_edge.convert.vision_synthetic import TINY_VISION, build_sharded_vision_checkpoint
+
+    vocab = json.loads((tiny / "config.json").read_text())["padded_vocab_size"]
+    sparse = build_sharded_vision_checkpoint(tmp_path / "sparse", dataclasses.replace(TINY, vocab_size=vocab),
+                                             TINY_VISION, shard_bytes=100_000, sparse_language=True)
+    built, reference = _tensors(sparse), _tensors(tiny)
+    assert {n: s for n, (s, _, _) in built.items()} == {n: s for n, (s, _, _) in reference.items()}
+    assert {dtype for _, dtype, _ in built.values()} == {"BF16"}
+    seen = set()
+    for file in sorted(sparse.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            names = list(handle.keys())
+            for name in names:
+                tensor = handle.get_tensor(name)
+                if name.startswith("transformer.vision."):
+                    assert tensor.float().abs().sum() > 0 or "norm" in name or "bias" in name
+                elif tensor.dim() > 1:
+                    assert not tensor.any()
+                    seen.add("matrix")
+                elif "norm" in name:
+                    assert torch.equal(tensor, torch.ones_like(tensor))
+                    seen.add("norm")
+                else:
+                    assert not tensor.any()
+        if not any(n.startswith("transformer.vision.") for n in names):
+            logical = file.stat().st_size
+            assert file.stat().st_blocks * 512 < logical / 2  # holes, not written zeros
+    assert seen == {"matrix", "norm"}
+
+
 def test_sharded_checkpoint_converts_as_glm4v_and_its_text_view_as_a_text_model(sharded, tmp_path):
     from glm4_edge.convert import families, vision_export
     from glm4_edge.convert.vision_reference import load_vision_tower
