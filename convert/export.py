@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from glm4_edge.errors import BadParameterError, Glm4EdgeError, ModelFormatError
+from glm4_edge.errors import BadParameterError, ModelFormatError
 from glm4_edge.glm_format import DEFAULT_GENERATION_PREFIX, STOP_TOKENS, THINK_OPEN
 from glm4_edge.integrity import file_table
 from glm4_edge.manifest import MANIFEST_NAME, Compression, Manifest
@@ -42,6 +42,10 @@ from .staging import check_output, publish, staging_folder
 
 DEFAULT_MODELS_DIR = Path("models")
 MAX_CONTEXT = 1 << 20
+
+
+NPU_VISION_TEXT_TOKENS = 256  # room for the question and a short history beside a GLM-4V image, on the NPU
+NPU_PROMPT_BLOCK = 256  # NPU static prompt lengths in whole blocks, as the defaults 1024/256 are
 
 
 @dataclass
@@ -85,9 +89,6 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> Conver
     stages: dict[str, float] = {}
     source_folder, source_meta = resolve_source(options, progress)
     source = families.detect_family(source_folder, name_hint=options.source)
-    if source.vision and options.device == "npu":
-        raise Glm4EdgeError("GLM-4V for the NPU needs static shapes, which glm4-edge does not build yet; convert "
-                            "with --device cpu or gpu")
     parameters = _count_parameters(source.config, source.family)
     settings = presets.resolve(
         options.device, options.weight_format, group_size=options.group_size, ratio=options.ratio, sym=options.sym,
@@ -151,9 +152,14 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> Conver
         if source.vision:  # the language model is done and released: now the vision tower, on its own
             timer = time.perf_counter()
             vision = vision_export.finish_vision(temp, source_folder, export_folder, settings.weight_format,
-                                                 progress)
+                                                 progress, symmetric=options.device == "npu")
             stages["vision"] = time.perf_counter() - timer
         shutil.rmtree(staged)
+        npu_prompt_len = options.npu_max_prompt_len
+        if options.device == "npu" and vision and npu_prompt_len < vision_prompt_len(vision):
+            npu_prompt_len = vision_prompt_len(vision)
+            notes.append(f"NPU MAX_PROMPT_LEN {options.npu_max_prompt_len} -> {npu_prompt_len}: an image alone "
+                         f"takes {vision['feature_tokens']} prompt tokens")
 
         output_bytes = sum(p.stat().st_size for p in temp.rglob("*") if p.is_file())
         progress("recording SHA-256 checksums")
@@ -179,7 +185,7 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> Conver
             reasoning=source.reasoning or THINK_OPEN in prefix,
             generation_prefix=prefix,
             stop_token_ids=stop_ids,
-            npu={"max_prompt_len": options.npu_max_prompt_len, "min_response_len": options.npu_min_response_len}
+            npu={"max_prompt_len": npu_prompt_len, "min_response_len": options.npu_min_response_len}
             if options.device == "npu" else {},
             size_bytes={"source": source_bytes, "output": output_bytes},
             versions=package_versions(),
@@ -191,6 +197,13 @@ def convert(options: ConvertOptions, progress: Progress | None = None) -> Conver
         progress("finishing")
         publish(temp, output)
     return ConvertResult(output, manifest, time.perf_counter() - start, peak_rss_bytes(), stages, notes)
+
+
+def vision_prompt_len(vision: dict[str, Any]) -> int:
+    """The smallest NPU MAX_PROMPT_LEN for a GLM-4V model: its image's feature tokens plus room for text,
+    in whole blocks (glm-4v-9b: 1602 + 256 -> 2048)."""
+    needed = int(vision["feature_tokens"]) + NPU_VISION_TEXT_TOKENS
+    return -(-needed // NPU_PROMPT_BLOCK) * NPU_PROMPT_BLOCK
 
 
 # --- export and compression -----------------------------------------------------------------------

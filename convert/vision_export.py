@@ -115,7 +115,7 @@ def split_language_model(out: Path) -> None:
         (out / EXPORTED_XML).with_suffix(suffix).unlink()
 
 
-def convert_vision_tower(source_folder: Path, out: Path, weight_format: str) -> str:
+def convert_vision_tower(source_folder: Path, out: Path, weight_format: str, symmetric: bool = False) -> str:
     """Write the vision-encoder IR (pixel_values [1,3,S,S] f32 -> image_features [1,T,hidden]); its format."""
     import nncf
     import openvino as ov
@@ -151,7 +151,9 @@ def convert_vision_tower(source_folder: Path, out: Path, weight_format: str) -> 
         model = process.build()
     vision_format = "fp16" if weight_format == "fp16" else "int8"
     if vision_format == "int8":
-        model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+        # The NPU's weight formats are symmetric (as for its INT4 language weights); CPU and GPU take asymmetric.
+        mode = nncf.CompressWeightsMode.INT8_SYM if symmetric else nncf.CompressWeightsMode.INT8_ASYM
+        model = nncf.compress_weights(model, mode=mode)
     ov.save_model(model, out / VISION_ENCODER_XML, compress_to_fp16=True)
     del model
     gc.collect()
@@ -196,8 +198,9 @@ def tower_ir_bytes(config: dict[str, Any], weight_format: str) -> int:
 
 
 def finish_vision(out: Path, source_folder: Path, tokenizer_folder: Path, weight_format: str,
-                  progress) -> dict[str, Any]:
-    """Split the language IR, convert the vision tower; the manifest's `vision` entry."""
+                  progress, symmetric: bool = False) -> dict[str, Any]:
+    """Split the language IR, convert the vision tower (`symmetric` INT8 for the NPU); the manifest's
+    `vision` entry."""
     from .families import read_config
     from .vision_reference import VisionConfig
 
@@ -206,7 +209,7 @@ def finish_vision(out: Path, source_folder: Path, tokenizer_folder: Path, weight
     progress("splitting the language model for image embeddings")
     split_language_model(out)
     progress("converting the vision encoder")
-    vision_format = convert_vision_tower(source_folder, out, weight_format)
+    vision_format = convert_vision_tower(source_folder, out, weight_format, symmetric)
     ids = _special_ids(tokenizer_folder)
     boi = int(config.get("boi_token_id", ids.get("<|begin_of_image|>", -1)))
     eoi = int(config.get("eoi_token_id", ids.get("<|end_of_image|>", -1)))

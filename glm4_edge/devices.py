@@ -68,9 +68,25 @@ def describe_devices() -> list[DeviceInfo]:
     return infos
 
 
-def check_device(device: str) -> str:
-    """Normalize and validate a device string ("cpu", "GPU.1", "AUTO", "AUTO:GPU,CPU")."""
+def npu_on_cpu(properties: dict[str, Any] | None) -> bool:
+    """Whether `properties` ask the NPU plugin to run its NPUW partitions on the CPU (`NPUW_DEVICES=CPU`).
+
+    The NPU plugin ships in every OpenVINO wheel and its NPUW layer (the one openvino-genai drives for
+    LLMs: static prefill/generate shapes, stateful-to-stateless KV cache) can back onto the CPU, so an NPU
+    deployment's static-shape behaviour can be tried, and is tested here, on a machine without an NPU.
+    It is not the NPU compiler: an op the real NPU refuses is only found on the NPU.
+    """
+    return str((properties or {}).get("NPUW_DEVICES", "")).strip().upper() == "CPU"
+
+
+def check_device(device: str, properties: dict[str, Any] | None = None) -> str:
+    """Normalize and validate a device string ("cpu", "GPU.1", "AUTO", "AUTO:GPU,CPU").
+
+    "NPU" passes without an NPU when `properties` hold `NPUW_DEVICES=CPU` (`npu_on_cpu`).
+    """
     wanted = device.strip().upper()
+    if wanted == "NPU" and npu_on_cpu(properties):
+        return wanted
     available = available_devices()
     if wanted.startswith(("AUTO", "HETERO", "MULTI")):
         _, _, targets = wanted.partition(":")

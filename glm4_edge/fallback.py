@@ -63,15 +63,17 @@ class StaticShapeError(ContextOverflowError):
     answers 400 context_length_exceeded.
     """
 
-    def __init__(self, reason: str, prompt_tokens: int, max_new_tokens: int, shape: StaticShape):
+    def __init__(self, reason: str, prompt_tokens: int, max_new_tokens: int, shape: StaticShape,
+                 fallback: bool = True):
         self.prompt_tokens = prompt_tokens
         self.max_new_tokens = max_new_tokens
         self.context = shape.kv_capacity
         self.reason = reason
+        other = (f", or answer such requests on another device with --fallback-device {DEFAULT_FALLBACK_DEVICE}"
+                 if fallback else "")
         Glm4EdgeError.__init__(
-            self, f"{reason}: the NPU pipeline cannot run it; shorten the prompt or max_new_tokens, reload with a "
-                  "larger --max-prompt-len/--min-response-len, or answer such requests on another device with "
-                  f"--fallback-device {DEFAULT_FALLBACK_DEVICE}")
+            self, f"{reason}: the NPU pipeline cannot run it; shorten the prompt or max_new_tokens, or reload with a "
+                  f"larger --max-prompt-len/--min-response-len{other}")
 
 
 class Fallback:

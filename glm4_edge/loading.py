@@ -62,7 +62,7 @@ def plan_load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len:
     manifest = read_manifest(folder)
     if manifest is not None:
         integrity.check_sizes(folder, manifest.files)  # a stat per file: a truncated copy fails here, by name
-    device = devices.check_device(device_bench.resolve_auto(folder, device))  # AUTO: the measured winner
+    device = devices.check_device(device_bench.resolve_auto(folder, device), properties)  # AUTO: measured winner
     props = devices.pipeline_properties(device, manifest, folder, max_prompt_len, min_response_len, cache)
     props.update(properties or {})
     return LoadPlan(folder, device, manifest, props)
@@ -123,7 +123,8 @@ def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int 
 
         if draft is not None or prompt_lookup:
             raise BadParameterError("GLM-4V models do not take --draft or --prompt-lookup yet", "draft")
-        return load_vision(plan_load(path, device, cache=False, properties=properties), warm_up=warm_up)
+        return load_vision(plan_load(path, device, max_prompt_len=max_prompt_len, min_response_len=min_response_len,
+                                     cache=False, properties=properties), warm_up=warm_up)
     plan = plan_load(path, device, max_prompt_len=max_prompt_len, min_response_len=min_response_len, cache=cache,
                      properties=properties)
     if plan.base_device == "NPU":

@@ -283,14 +283,22 @@ class _CountRequests:
             await self.app(scope, receive, record)
         finally:
             # Labels come from a fixed set, so scanners cannot grow the metrics without bound.
-            path = scope["path"]
-            label = path if path in KNOWN_PATHS else "/v1/models/{model}" if path.startswith(
-                "/v1/models/") else "other"
-            self.metrics.request_done(label, status["code"])
+            self.metrics.request_done(path_label(scope["path"]), status["code"])
+
+
+def path_label(path: str) -> str:
+    """The /metrics label of a request path: the path itself, its route template, or "other"."""
+    if path in KNOWN_PATHS:
+        return path
+    for prefix, template in TEMPLATED_PATHS:
+        if path.startswith(prefix) and "/" not in path[len(prefix):]:
+            return template
+    return "other"
 
 
 KNOWN_PATHS = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/responses",
                *server_anthropic.PATHS, *DOCS_PATHS)
+TEMPLATED_PATHS = (("/v1/models/", "/v1/models/{model}"), ("/v1/responses/", "/v1/responses/{response_id}"))
 ANTHROPIC_HEADERS = ("X-Api-Key", "Anthropic-Version", "Anthropic-Beta")
 
 

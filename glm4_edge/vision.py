@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from . import glm_format, images, prompting
-from .errors import BadParameterError, ContextOverflowError, DeviceError, Glm4EdgeError, ModelFormatError
+from .errors import BadParameterError, ContextOverflowError, Glm4EdgeError, ModelFormatError
+from .fallback import StaticShape, StaticShapeError
 from .loading import LoadPlan, openvino_reason
 from .model import Chunk, GenerationStats, Model, _tool_plan, peak_rss_bytes
 from .options import GenerationOptions, finish_reason
@@ -62,6 +63,12 @@ class VisionModel(Model):
         self.prompt_format = prompting.prompt_format(tokenizer, self.family, reasoning)
         self.vision = dict(manifest.vision) if manifest else {}
         self._core = core
+        # On the NPU the language model runs through NPUW's LLM mode: static prefill and generate shapes,
+        # no beam_idx, and every prefill starts a fresh KV cache (so no prefix reuse across turns).
+        self.static_shape = (StaticShape(int(plan.properties["MAX_PROMPT_LEN"]),
+                                         int(plan.properties["MIN_RESPONSE_LEN"]))
+                             if plan.base_device == "NPU" else None)
+        self._feeds_beam_idx = any("beam_idx" in port.get_names() for port in compiled["language"].inputs)
         self._language = compiled["language"].create_infer_request()
         self._embeddings = compiled["embeddings"].create_infer_request()
         self._encoder = compiled["encoder"].create_infer_request()
@@ -189,18 +196,25 @@ class VisionModel(Model):
         request.set_tensor("inputs_embeds", _tensor(embeds.astype(np.float32)))
         request.set_tensor("attention_mask", _tensor(np.ones((1, total), dtype=np.int64)))
         request.set_tensor("position_ids", _tensor(np.asarray(positions, dtype=np.int64)[None]))
-        request.set_tensor("beam_idx", _tensor(np.zeros(1, dtype=np.int32)))
+        if self._feeds_beam_idx:
+            request.set_tensor("beam_idx", _tensor(np.zeros(1, dtype=np.int32)))
         request.infer()
         return np.array(request.get_tensor("logits").data[0], dtype=np.float32)
 
     def reset(self) -> None:
         """Empty the KV cache; the next request prefills its whole conversation."""
-        self._language.reset_state()
+        if self.static_shape is None:  # NPUW starts a fresh cache at each prefill and keeps no variables
+            self._language.reset_state()
         self._cached = None
 
     def _checked(self, ids: list[int], picture, options: GenerationOptions, tool_names: list[str],
                  cancel: threading.Event | None, parse: bool) -> Iterator[Chunk]:
         prompt_tokens = len(ids) + (int(self.vision["feature_tokens"]) - 3 if picture is not None else 0)
+        if self.static_shape is not None:
+            misfit = self.static_shape.misfit(prompt_tokens, options.max_new_tokens)
+            if misfit:
+                raise StaticShapeError(misfit, prompt_tokens, options.max_new_tokens, self.static_shape,
+                                       fallback=False)
         if self.context_length and prompt_tokens + options.max_new_tokens > self.context_length:
             raise ContextOverflowError(prompt_tokens, options.max_new_tokens, self.context_length)
         return self._decode(ids, picture, options, tool_names, cancel, parse)
@@ -216,7 +230,7 @@ class VisionModel(Model):
             cached, self._cached = self._cached, None  # unknown until this prefill succeeds
             vision_s = None
             if cached is not None and cached[1] == digest and len(ids) > len(cached[0]) \
-                    and ids[:len(cached[0])] == cached[0]:
+                    and ids[:len(cached[0])] == cached[0] and self.static_shape is None:
                 # After the image, a token's position is its unexpanded index: the suffix continues from there.
                 embeds = self._embed(ids[len(cached[0]):])
                 positions = np.arange(len(cached[0]), len(ids), dtype=np.int64)
@@ -364,21 +378,23 @@ def load_vision(plan: LoadPlan, warm_up: bool = False) -> VisionModel:
 
     from .loading import model_facts
 
-    if plan.base_device == "NPU":
-        raise DeviceError("GLM-4V on the NPU needs static shapes, which glm4-edge does not build yet; use CPU or "
-                          "GPU")
     if plan.manifest is None or not plan.manifest.vision:
         raise ModelFormatError(f"{plan.folder} has GLM-4V files but no glm4-edge manifest describing them; "
                                "reconvert it with `glm4-edge convert`")
     config = {k: v for k, v in plan.properties.items() if isinstance(v, (str, int, float, bool))}
+    devices_for, configs = _npu_placement(plan, config) if plan.base_device == "NPU" else (
+        dict.fromkeys(("language", "embeddings", "encoder"), plan.device), dict.fromkeys(
+            ("language", "embeddings", "encoder"), config))
     core = ov.Core()
     started = time.perf_counter()
     compiled = {}
     try:
-        language = last_token_logits(core.read_model(str(Path(plan.folder) / images.LANGUAGE_MODEL_XML)))
-        compiled["language"] = core.compile_model(language, plan.device, config)
+        language = core.read_model(str(Path(plan.folder) / images.LANGUAGE_MODEL_XML))
+        if plan.base_device != "NPU":  # NPUW splits the lm_head off itself and returns the last logits
+            language = last_token_logits(language)
+        compiled["language"] = core.compile_model(language, devices_for["language"], configs["language"])
         for key, name in (("embeddings", images.TEXT_EMBEDDINGS_XML), ("encoder", images.VISION_ENCODER_XML)):
-            compiled[key] = core.compile_model(str(Path(plan.folder) / name), plan.device, config)
+            compiled[key] = core.compile_model(str(Path(plan.folder) / name), devices_for[key], configs[key])
         tokenizer = openvino_genai.Tokenizer(str(plan.folder))
     except RuntimeError as error:
         raise Glm4EdgeError(f"OpenVINO could not load {plan.folder} on {plan.device}: {openvino_reason(error)}") \
@@ -389,6 +405,27 @@ def load_vision(plan: LoadPlan, warm_up: bool = False) -> VisionModel:
     if warm_up:
         model.warm_up()
     return model
+
+
+def _npu_placement(plan: LoadPlan, config: dict[str, Any]) -> tuple[dict[str, str], dict[str, dict]]:
+    """(device, compile config) per IR on the NPU, as openvino-genai places a VLM there.
+
+    The language model goes through NPUW's LLM mode with the static MAX_PROMPT_LEN/MIN_RESPONSE_LEN
+    (the properties openvino-genai's `compile_decoder_for_npu` sets; KV cache axes batch 0, sequence 2
+    as optimum exports GLM); the vision encoder has a static 1x3xSxS input and compiles for the NPU as
+    it is; the token embedding lookup (a Gather over a prompt of any length) runs on the CPU, where
+    openvino-genai puts it on AUTO.
+    """
+    from .devices import npu_on_cpu
+
+    common = {k: v for k, v in config.items() if k not in ("MAX_PROMPT_LEN", "MIN_RESPONSE_LEN")}
+    language = {**common, "NPU_USE_NPUW": "YES", "NPUW_LLM": "YES", "NPUW_LLM_BATCH_DIM": 0,
+                "NPUW_LLM_SEQ_LEN_DIM": 2, "NPUW_LLM_MAX_PROMPT_LEN": int(config["MAX_PROMPT_LEN"]),
+                "NPUW_LLM_MIN_RESPONSE_LEN": int(config["MIN_RESPONSE_LEN"])}
+    encoder = {**common, "NPU_USE_NPUW": "YES"} if npu_on_cpu(config) else common
+    embeddings = {k: v for k, v in common.items() if not k.startswith(("NPU", "CACHE_DIR"))}
+    return ({"language": "NPU", "encoder": "NPU", "embeddings": "CPU"},
+            {"language": language, "encoder": encoder, "embeddings": embeddings})
 
 
 def last_token_logits(model):

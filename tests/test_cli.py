@@ -104,6 +104,10 @@ def test_info_shows_the_manifest(scripted_model):
         assert word in result.stdout
     group_row = next(line for line in result.stdout.splitlines() if "group size" in line)
     assert group_row.split("group size")[1].strip(" │|") == "-"  # fp16 weights have no groups
+    for field in ("ratio", "symmetric", "all layers"):  # fp16 records None: shown as "-", never "None"
+        row = next(line for line in result.stdout.splitlines() if f" {field} " in line)
+        assert row.split(field)[1].strip(" │|") == "-", row
+    assert "None" not in result.stdout and "unquantized" in result.stdout
 
 
 def spawn_chat(model, *extra: str) -> pexpect.spawn:

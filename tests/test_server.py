@@ -257,6 +257,12 @@ def test_metrics_prometheus_text(scripted_server):
         assert re.search(rf"^{name}(\{{[^}}]*\}})? \d", text, re.M), name
     ok_line = r'^glm4_edge_requests_total\{path="/v1/chat/completions",status="200"\} [1-9]'
     assert re.search(ok_line, text, re.M)
+    with scripted_server.http() as http:  # a templated route keeps its template as its label
+        assert http.get("/v1/responses/resp_missing").status_code == 404
+        assert http.get("/v1/responses/a/b").status_code == 404
+        text = http.get("/metrics").text
+    assert re.search(r'^glm4_edge_requests_total\{path="/v1/responses/\{response_id\}",status="404"\} 1', text, re.M)
+    assert re.search(r'^glm4_edge_requests_total\{path="other",status="404"\} [1-9]', text, re.M)
     assert scripted_server.metric("glm4_edge_time_to_first_token_seconds_count") >= 1
 
 

@@ -388,8 +388,6 @@ def test_conversion_refuses_a_checkpoint_without_its_vision_tensors_before_expor
     (broken / "model.safetensors.index.json").unlink()
     with pytest.raises(ModelFormatError, match="no transformer.vision"):
         convert(ConvertOptions(source=str(broken), output=tmp_path / "out"))
-    with pytest.raises(Glm4EdgeError, match="static shapes"):
-        convert(ConvertOptions(source=str(checkpoint), output=tmp_path / "out", device="npu"))
     assert not (tmp_path / "out").exists()
 
 

@@ -62,10 +62,9 @@ def test_sparse_language_shards_read_back_as_zero_matrices_and_real_vectors(tiny
     """The sparse builder: safetensors reads its hand-written shards (same names, shapes, dtype as the
     random build), matrices are zero and take no disk blocks, norms are 1.0; the tower stays random."""
     import torch
-    from safetensors import safe_open
-
     from glm4_edge.convert.synthetic import TINY
     from glm4_edge.convert.vision_synthetic import TINY_VISION, build_sharded_vision_checkpoint
+    from safetensors import safe_open
 
     vocab = json.loads((tiny / "config.json").read_text())["padded_vocab_size"]
     sparse = build_sharded_vision_checkpoint(tmp_path / "sparse", dataclasses.replace(TINY, vocab_size=vocab),

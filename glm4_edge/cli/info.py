@@ -61,9 +61,10 @@ def run(args: argparse.Namespace) -> int:
         ("revision", str(manifest.source.get("revision") or manifest.source.get("content_hash", ""))),
         ("adapter", str(manifest.source.get("adapter") or "-")),
         ("target device", manifest.target_device), ("weights", c.weight_format),
-        ("group size", _group_size(c.weight_format, c.group_size)), ("ratio", str(c.ratio)), ("symmetric", str(c.sym)),
-        ("all layers", str(c.all_layers)), ("awq / scale estimation", f"{c.awq} / {c.scale_estimation}"),
-        ("preset", manifest.preset or "-"), ("quality", quality_line(c.weight_error)),
+        ("group size", _group_size(c.weight_format, c.group_size)), ("ratio", _shown(c.ratio)),
+        ("symmetric", _shown(c.sym)),
+        ("all layers", _shown(c.all_layers)), ("awq / scale estimation", f"{c.awq} / {c.scale_estimation}"),
+        ("preset", manifest.preset or "-"), ("quality", quality_line(c.weight_error, c.weight_format)),
         ("context", str(manifest.context_length)), ("reasoning (Z1)", str(manifest.reasoning)),
         *([("images (GLM-4V)", vision_line(manifest.vision))] if manifest.vision else []),
         ("size on disk", f"{folder_bytes(folder) / 1e6:,.1f} MB"),
@@ -91,8 +92,15 @@ def vision_line(vision: dict) -> str:
             f"{vision.get('weight_format', '?')}")
 
 
-def quality_line(weight_error: dict) -> str:
+def _shown(value: object) -> str:
+    """A compression field as users read it: "-" where it does not apply (fp16 weights record None)."""
+    return "-" if value is None else str(value)
+
+
+def quality_line(weight_error: dict, weight_format: str = "") -> str:
     """'about Q4_K_M error or better (weight relative MSE 0.0031, 0.38x Q4_0 rounding)', or '-'."""
+    if weight_format == "fp16":
+        return "unquantized (fp16 weights: no rounding error measured)"
     if not weight_error:
         return "-"
     return (f"{weight_error['quality_class']} (weight relative MSE {weight_error['mean_relative_mse']:.4g}, "
