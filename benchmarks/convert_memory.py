@@ -92,7 +92,7 @@ def _resident(pid: int) -> tuple[int, int, int]:
             fields.get("VmHWM", 0))
 
 
-def measure(source: Path, weight_format: str, vision: bool = False) -> dict:
+def measure(source: Path, weight_format: str, vision: bool = False, keep: bool = False) -> dict:
     """Peak RSS, and apart from it the peak of anonymous memory: file-backed pages (the memory-mapped
     checkpoint and IR) count in RSS but are page cache the kernel drops under pressure, so the anonymous
     peak is what a machine must really have free."""
@@ -145,7 +145,10 @@ def measure(source: Path, weight_format: str, vision: bool = False) -> dict:
     if vision:
         result.update(vision_layers=config["vision_config"]["num_hidden_layers"], **_vision_figures(
             source, weight_format, stage_peaks, stage_started, seconds))
-    shutil.rmtree(output, ignore_errors=True)
+    if keep:
+        result["output"] = str(output)
+    else:
+        shutil.rmtree(output, ignore_errors=True)
     return result
 
 
@@ -198,6 +201,7 @@ def main() -> None:
     parser.add_argument("--sparse-language", action="store_true",
                         help="with --vision: language matrices zero, as holes in sparse files (~9 GB of disk "
                              "instead of ~28 GB at full size); memory, disk and time do not depend on the values")
+    parser.add_argument("--keep", action="store_true", help="keep the converted model (its path is in the result)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -208,7 +212,7 @@ def main() -> None:
         source = build_vision(args.layers, args.vision_layers, args.vocab, args.sparse_language)
     else:
         source = build(args.layers)
-    print(json.dumps(measure(source, args.weight_format, vision=args.vision)))
+    print(json.dumps(measure(source, args.weight_format, vision=args.vision, keep=args.keep)))
 
 
 if __name__ == "__main__":

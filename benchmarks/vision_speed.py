@@ -105,7 +105,10 @@ def measure_one(kind: str, folder: str, runs: int, decode_tokens: int, prompt_to
 
     model = glm4_edge.load(folder)
     model.warm_up()
-    result: dict = {"kind": kind, "load_avg_start": os.getloadavg()[0]}
+    # RSS once compiled, before any image: what the weights take, apart from what encoding adds
+    loaded = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                  if line.startswith("VmRSS:"))
+    result: dict = {"kind": kind, "load_avg_start": os.getloadavg()[0], "loaded_rss_gib": round(loaded / 2**20, 2)}
     if kind == "vision":
         result["image"] = [_decode(model, QUESTION, picture(run), decode_tokens) for run in range(runs)]
         prompt_tokens = result["image"][0]["prompt_tokens"]
