@@ -161,6 +161,7 @@ def copy_without_vision(folder: Path, out: Path) -> Path:
 GLM4V_9B_LANGUAGE = Shape(4096, 13696, 40, 32, 2, 128, 151552)
 GLM4V_9B_SEQ_LENGTH = 8192
 DEFAULT_SHARD_BYTES = 2_000_000_000  # the hub's 2 GB shards, and what one shard costs in RAM while written
+SPARSE_UNIQUE_VALUES = 1024  # distinct bf16 values `_save_sparse_zeros` hands out (glm-4v-9b has 162 matrices)
 BENCHMARK_WEIGHT_STD = 0.02  # the usual init scale: keeps 63 fp16 vision blocks far from overflow
 
 
@@ -247,13 +248,14 @@ def build_sharded_vision_checkpoint(folder: Path, shape: Shape = GLM4V_9B_LANGUA
     groups = _shards([language, towers], 2, shard_bytes)
     generator = torch.Generator().manual_seed(seed)
     weight_map: dict[str, str] = {}
-    total = 0
+    total = unique = 0
     with torch.no_grad():
         for number, names in enumerate(groups, start=1):
             file = f"model-{number:05d}-of-{len(groups):05d}.safetensors"
             weight_map.update(dict.fromkeys(names, file))
             if sparse_language and names[0] in language:
-                total += _save_sparse_zeros(temp / file, {name: everything[name] for name in names})
+                written, unique = _save_sparse_zeros(temp / file, {name: everything[name] for name in names}, unique)
+                total += written
                 continue
             shard = {name: _random_tensor(name, everything[name], generator) for name in names}
             save_file(shard, temp / file, metadata={"format": "pt"})
@@ -265,11 +267,15 @@ def build_sharded_vision_checkpoint(folder: Path, shape: Shape = GLM4V_9B_LANGUA
     return folder
 
 
-def _save_sparse_zeros(path: Path, shapes: dict[str, tuple]) -> int:
-    """A bf16 safetensors file whose matrices are holes (read back as zeros) and whose vectors are
-    written: norm weights 1.0, the rest 0.0. Written by hand because safetensors' writers take tensors
-    in memory and write every byte. Returns the tensors' bytes. Format: safetensors' README (an 8-byte
-    little-endian header length, a JSON header with dtype/shape/data_offsets, then the data)."""
+def _save_sparse_zeros(path: Path, shapes: dict[str, tuple], first_index: int) -> tuple[int, int]:
+    """A bf16 safetensors file whose matrices are holes (read back as zeros) but for their first element,
+    a value no other matrix has, and whose vectors are written: norm weights 1.0, the rest 0.0. The
+    distinct element matters: OpenVINO's IR writer stores identical constants once, so all-zero layers
+    would shrink the IR, the compressed model and its memory to a fraction of the real ones.
+    `first_index` numbers the first matrix's value. Written by hand because safetensors' writers take
+    tensors in memory and write every byte. Format: safetensors' README (an 8-byte little-endian header
+    length, a JSON header with dtype/shape/data_offsets, then the data). Returns (the tensors' bytes,
+    the next index)."""
     import struct
 
     header: dict = {"__metadata__": {"format": "pt"}}
@@ -284,12 +290,17 @@ def _save_sparse_zeros(path: Path, shapes: dict[str, tuple]) -> int:
     with open(path, "wb") as handle:
         handle.write(struct.pack("<Q", len(text)) + text)
         for name, dims in shapes.items():
+            handle.seek(start + header[name]["data_offsets"][0])
             if len(dims) == 1:
-                handle.seek(start + header[name]["data_offsets"][0])
                 one = b"\x80\x3f" if "norm" in name else b"\x00\x00"  # bf16 1.0 is 0x3f80, little-endian
                 handle.write(one * dims[0])
+            else:  # bf16 bit patterns 0x3c00 + k: 0.0078 up to 1.99, a different k for each matrix
+                if first_index >= SPARSE_UNIQUE_VALUES:
+                    raise ValueError(f"more than {SPARSE_UNIQUE_VALUES} matrices: no distinct value left")
+                handle.write(struct.pack("<H", 0x3C00 + first_index))
+                first_index += 1
         handle.truncate(start + offset)
-    return offset
+    return offset, first_index
 
 
 def _random_tensor(name: str, dims: tuple, generator):
