@@ -268,10 +268,11 @@ def build_sharded_vision_checkpoint(folder: Path, shape: Shape = GLM4V_9B_LANGUA
 
 
 def _save_sparse_zeros(path: Path, shapes: dict[str, tuple], first_index: int) -> tuple[int, int]:
-    """A bf16 safetensors file whose matrices are holes (read back as zeros) but for their first element,
-    a value no other matrix has, and whose vectors are written: norm weights 1.0, the rest 0.0. The
-    distinct element matters: OpenVINO's IR writer stores identical constants once, so all-zero layers
-    would shrink the IR, the compressed model and its memory to a fraction of the real ones.
+    """A bf16 safetensors file whose matrices are holes (read back as zeros) but for one element, a value
+    no other matrix has at a place no other matrix has it, and whose vectors are written: norm weights
+    1.0, the rest 0.0. The distinct element matters: OpenVINO's IR writer stores identical constants
+    once, so all-zero layers would shrink the IR to a fraction of the real one; its distinct place keeps
+    the compressed INT4/INT8 codes of two layers from being identical too (equal codes, other scales).
     `first_index` numbers the first matrix's value. Written by hand because safetensors' writers take
     tensors in memory and write every byte. Format: safetensors' README (an 8-byte little-endian header
     length, a JSON header with dtype/shape/data_offsets, then the data). Returns (the tensors' bytes,
@@ -294,9 +295,10 @@ def _save_sparse_zeros(path: Path, shapes: dict[str, tuple], first_index: int) -
             if len(dims) == 1:
                 one = b"\x80\x3f" if "norm" in name else b"\x00\x00"  # bf16 1.0 is 0x3f80, little-endian
                 handle.write(one * dims[0])
-            else:  # bf16 bit patterns 0x3c00 + k: 0.0078 up to 1.99, a different k for each matrix
-                if first_index >= SPARSE_UNIQUE_VALUES:
-                    raise ValueError(f"more than {SPARSE_UNIQUE_VALUES} matrices: no distinct value left")
+            else:  # bf16 bit pattern 0x3c00 + k (0.0078 up to 1.99) at element k: a different k for each matrix
+                if first_index >= min(SPARSE_UNIQUE_VALUES, dims[-1]):
+                    raise ValueError(f"matrix {first_index} of {name}: no distinct value or place left")
+                handle.seek(2 * first_index, 1)
                 handle.write(struct.pack("<H", 0x3C00 + first_index))
                 first_index += 1
         handle.truncate(start + offset)
