@@ -239,6 +239,8 @@ class VisionModel(Model):
                 embeds, positions, vision_s = self.prompt_inputs(ids, picture)
                 self.reset()
                 total = embeds.shape[1]
+                if self.static_shape is not None:
+                    positions = positions + npu_position_offset(positions, total)
             prompt_tokens = total
             self.last_prefill_tokens = embeds.shape[1]
             prefill_started = time.perf_counter()
@@ -405,6 +407,19 @@ def load_vision(plan: LoadPlan, warm_up: bool = False) -> VisionModel:
     if warm_up:
         model.warm_up()
     return model
+
+
+def npu_position_offset(positions: np.ndarray, total: int) -> int:
+    """What to add to every position id of a prompt of `total` KV entries so that its last one is total - 1.
+
+    NPUW's generate step reads the new token's position id as the count of KV entries to keep
+    (`trim_kvcache_for_speculative_decoding` in openvino's npuw/llm_infer_request.cpp), which holds for
+    text but not after a GLM-4V image, whose 1600 tokens share one position: the cache would be cut back
+    by ~1600 entries at the first generated token. RoPE depends only on position differences, so one
+    constant offset for the whole sequence leaves every attention score, and the logits, as they were
+    (up to rounding), and makes each position id equal its KV slot from the end of the prompt on.
+    """
+    return int(total - 1 - positions[-1])
 
 
 def _npu_placement(plan: LoadPlan, config: dict[str, Any]) -> tuple[dict[str, str], dict[str, dict]]:
