@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -153,11 +154,18 @@ def convert_vision_tower(source_folder: Path, out: Path, weight_format: str, sym
     if vision_format == "int8":
         # The NPU's weight formats are symmetric (as for its INT4 language weights); CPU and GPU take asymmetric.
         mode = nncf.CompressWeightsMode.INT8_SYM if symmetric else nncf.CompressWeightsMode.INT8_ASYM
-        model = nncf.compress_weights(model, mode=mode)
+        with _quiet_nncf():  # its INFO bit-width table; convert prints its own progress
+            model = nncf.compress_weights(model, mode=mode)
     ov.save_model(model, out / VISION_ENCODER_XML, compress_to_fp16=True)
     del model
     gc.collect()
     return vision_format
+
+
+def _quiet_nncf():
+    from .export import _quiet_logger
+
+    return _quiet_logger("nncf", logging.WARNING)
 
 
 def tower_parameters(config: dict[str, Any]) -> int:
@@ -230,6 +238,7 @@ def finish_vision(out: Path, source_folder: Path, tokenizer_folder: Path, weight
         "resample": "bicubic",
         "position_ids": "shared",  # all image tokens at one position, as THUDM's modeling_chatglm.py
         "weight_format": vision_format,
+        "symmetric": symmetric and vision_format == "int8",
     }
 
 

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .errors import DeviceError, ModelFormatError
+from .errors import BadParameterError, DeviceError, ModelFormatError
 from .manifest import Manifest
 
 DEFAULT_NPU_MAX_PROMPT_LEN = 1024
@@ -134,10 +134,20 @@ def pipeline_properties(device: str, manifest: Manifest | None, model_dir: Path,
                 f"{model_dir} was not compressed for the NPU (it needs symmetric INT4 weights); convert it "
                 f"with: glm4-edge convert SOURCE --device npu -o {model_dir}-npu")
         npu = manifest.npu or {}
+        for flag, value in (("--max-prompt-len", max_prompt_len), ("--min-response-len", min_response_len)):
+            if value is not None and value < 1:
+                raise BadParameterError(f"{flag} {value}: give a number of tokens of at least 1", flag[2:])
         properties["MAX_PROMPT_LEN"] = int(max_prompt_len or npu.get("max_prompt_len")
                                            or DEFAULT_NPU_MAX_PROMPT_LEN)
         properties["MIN_RESPONSE_LEN"] = int(min_response_len or npu.get("min_response_len")
                                              or DEFAULT_NPU_MIN_RESPONSE_LEN)
+        shape = properties["MAX_PROMPT_LEN"] + properties["MIN_RESPONSE_LEN"]
+        if manifest.context_length and shape > manifest.context_length:
+            # The static KV cache is allocated whole: past the model's context it only costs memory.
+            raise BadParameterError(
+                f"--max-prompt-len {properties['MAX_PROMPT_LEN']} + --min-response-len "
+                f"{properties['MIN_RESPONSE_LEN']} = {shape} tokens is over the model's context of "
+                f"{manifest.context_length}; choose lengths that add up to at most that", "max_prompt_len")
     from .compile_cache import cache_dir_for  # after the checks: a refused load leaves no cache folder
 
     cache_folder = cache_dir_for(model_dir, device, cache=cache)

@@ -119,6 +119,7 @@ def spawn_chat(model, *extra: str) -> pexpect.spawn:
 
 def test_chat_repl(scripted_model):
     child = spawn_chat(scripted_model, "--system", "Be brief.")
+    assert "/file PATH" in child.before and "/image" not in child.before  # a text model takes no image
     child.sendline("Hello")
     child.expect("thinking: ")
     child.expect("答案你 is 42. STOP here")

@@ -11,6 +11,7 @@ error of the CPU's own f16 inference.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -64,6 +65,28 @@ def test_text_model_over_the_static_shape_falls_back_or_says_why(text_npu):
     expected = glm4_edge.load(text_npu, "CPU").generate(long_prompt, max_new_tokens=6, temperature=0, ignore_eos=True)
     assert reply.stats.device == "CPU" and "MAX_PROMPT_LEN 64" in reply.stats.fallback
     assert reply.text == expected.text
+
+
+@pytest.mark.parametrize(("lengths", "words"), [
+    (dict(max_prompt_len=100_000), "over the model's context of 4096"),  # a static KV cache that size is all RAM
+    (dict(max_prompt_len=-5), "--max-prompt-len -5"),
+    (dict(min_response_len=0), "--min-response-len 0"),  # 0 used to mean "the default" silently
+])
+def test_static_shape_lengths_are_checked_before_loading(text_npu, vision_npu, lengths, words):
+    from glm4_edge.errors import BadParameterError
+
+    for folder in (text_npu, vision_npu):
+        with pytest.raises(BadParameterError, match=words):
+            glm4_edge.load(folder, "NPU", properties=ON_CPU, **lengths)
+
+
+def test_cli_names_a_bad_static_shape_and_info_shows_it(text_npu, vision_npu):
+    bad = subprocess.run([*CLI, "generate", str(text_npu), "--device", "npu", "--property", "NPUW_DEVICES=CPU",
+                          "--max-prompt-len", "100000", "-p", "hi"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "context" in bad.stderr
+    info = subprocess.run([*CLI, "info", str(vision_npu)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "200"})  # rich wraps table cells at 80 columns
+    assert "MAX_PROMPT_LEN 1024, MIN_RESPONSE_LEN 256" in info.stdout and "int8 symmetric" in info.stdout
 
 
 def test_without_npuw_on_cpu_the_npu_is_still_a_clear_error(text_npu):

@@ -15,8 +15,9 @@ from ..errors import BadParameterError, Glm4EdgeError
 from .common import add_model_args, add_sampling_args, load_model, sampling_options
 from .documents import ProgressLine, add_file_arg, attach_files, read_files
 
-HELP = ("commands: /file PATH (attach a document to your next message), /image PATH (GLM-4V: an image for "
-        "your next message), /clear (new conversation), /stats (last answer), /exit; Ctrl-C stops an answer")
+HELP = ("commands: /file PATH (attach a document to your next message), /image PATH (an image for your next "
+        "message), /clear (new conversation), /stats (last answer), /exit; Ctrl-C stops an answer")
+TEXT_HELP = HELP.replace(" /image PATH (an image for your next message),", "")  # no /image for text-only models
 
 
 def add_parser(subparsers) -> None:
@@ -50,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     if image is not None and not model.accepts_images:
         raise BadParameterError(f"{model.name} is a text-only model and cannot see images; convert a GLM-4V "
                                 "checkpoint (THUDM/glm-4v-9b) for image chat", "image")
-    err.print(f"[bold]{model.describe()}[/] · loaded in {model.load_s:.1f} s · {HELP}")
+    help_line = HELP if getattr(model, "accepts_images", False) else TEXT_HELP
+    err.print(f"[bold]{model.describe()}[/] · loaded in {model.load_s:.1f} s · {help_line}")
     if "python" in args.tools:
         from ..code_tool import open_tool_chat
 
@@ -108,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
             err.print(chat.last_stats.summary() if chat.last_stats else "[dim]no answer yet[/]")
             continue
         if command.startswith("/"):
-            err.print(f"[dim]unknown command {command}; {HELP}[/]")
+            err.print(f"[dim]unknown command {command}; {help_line}[/]")
             continue
         sent = answer(chat, text, console, err, documents, args.max_new_tokens, image=image)
         image = None  # sent, or refused (one image per conversation): /image again to retry

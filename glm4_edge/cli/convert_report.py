@@ -58,4 +58,5 @@ def summary(result) -> None:
                       f"({error['worst_relative_mse']:.4g})")
     for note in result.notes:
         console.print(f"[yellow]note[/] {note}")
-    console.print(f"[bold]{result.output}[/]  try: glm4-edge chat {result.output}")
+    on_npu = " --device NPU" if result.manifest.target_device == "npu" else ""
+    console.print(f"[bold]{result.output}[/]  try: glm4-edge chat {result.output}{on_npu}")

@@ -46,7 +46,8 @@ def _device_choice(folder: Path) -> str:
 def run(args: argparse.Namespace) -> int:
     folder = store.resolve(args.model)
     if not store.is_model_folder(folder):
-        raise ModelFormatError(f"{folder} is not a converted model folder (no openvino_model.xml)")
+        raise ModelFormatError(f"{folder} is not a converted model folder (no openvino_model.xml); if it is a "
+                               f"checkpoint, convert it first: glm4-edge convert {folder}")
     manifest = read_manifest(folder)
     if manifest is None:
         raise ModelFormatError(f"{folder} has no glm4_edge.json (converted by another tool); it still loads, "
@@ -67,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         ("preset", manifest.preset or "-"), ("quality", quality_line(c.weight_error, c.weight_format)),
         ("context", str(manifest.context_length)), ("reasoning (Z1)", str(manifest.reasoning)),
         *([("images (GLM-4V)", vision_line(manifest.vision))] if manifest.vision else []),
+        *([("NPU static shape", f"MAX_PROMPT_LEN {manifest.npu.get('max_prompt_len')}, MIN_RESPONSE_LEN "
+                                f"{manifest.npu.get('min_response_len')}")] if manifest.npu else []),
         ("size on disk", f"{folder_bytes(folder) / 1e6:,.1f} MB"),
         ("created", manifest.created),
         ("device for AUTO", _device_choice(folder)),
@@ -88,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
 def vision_line(vision: dict) -> str:
     """'1120x1120, 1600 image tokens, vision encoder int8' from the manifest's `vision` entry."""
     size = vision.get("image_size", "?")
+    symmetric = " symmetric" if vision.get("symmetric") else ""
     return (f"{size}x{size}, {vision.get('image_tokens', '?')} image tokens, vision encoder "
-            f"{vision.get('weight_format', '?')}")
+            f"{vision.get('weight_format', '?')}{symmetric}")
 
 
 def _shown(value: object) -> str:
