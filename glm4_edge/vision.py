@@ -69,6 +69,7 @@ class VisionModel(Model):
                                          int(plan.properties["MIN_RESPONSE_LEN"]))
                              if plan.base_device == "NPU" else None)
         self._feeds_beam_idx = any("beam_idx" in port.get_names() for port in compiled["language"].inputs)
+        self._compiled_language = compiled["language"]
         self._language = compiled["language"].create_infer_request()
         self._embeddings = compiled["embeddings"].create_infer_request()
         self._encoder = compiled["encoder"].create_infer_request()
@@ -198,13 +199,23 @@ class VisionModel(Model):
         request.set_tensor("position_ids", _tensor(np.asarray(positions, dtype=np.int64)[None]))
         if self._feeds_beam_idx:
             request.set_tensor("beam_idx", _tensor(np.zeros(1, dtype=np.int32)))
-        request.infer()
+        try:
+            request.infer()
+        except RuntimeError as error:  # one line for the user, as for a load failure; never a traceback
+            raise Glm4EdgeError(f"OpenVINO failed while generating on {self.device}: {openvino_reason(error)}") \
+                from None
         return np.array(request.get_tensor("logits").data[0], dtype=np.float32)
 
     def reset(self) -> None:
         """Empty the KV cache; the next request prefills its whole conversation."""
-        if self.static_shape is None:  # NPUW starts a fresh cache at each prefill and keeps no variables
+        if self.static_shape is None:
             self._language.reset_state()
+        else:
+            # NPUW tells a prefill from a generate step by the first position id it ever saw on a request
+            # (npuw/llm_infer_request.cpp, `m_first_position_id`); with `npu_position_offset` an image prompt
+            # starts at another position than a text one, so each conversation gets a request of its own.
+            self._language = None  # freed before the next one allocates its static KV cache
+            self._language = self._compiled_language.create_infer_request()
         self._cached = None
 
     def _checked(self, ids: list[int], picture, options: GenerationOptions, tool_names: list[str],
