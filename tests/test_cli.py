@@ -61,6 +61,18 @@ def test_generate_batch_skips_bad_lines_and_resumes(tmp_path, scripted_model):
     assert [json.loads(line)["line"] for line in out.read_text().splitlines()] == [1, 2, 3, 4, 5]
 
 
+def test_generate_batch_skips_only_the_line_that_does_not_fit(tmp_path, scripted_model):
+    """A prompt over the context used to fail its whole group of --batch-size lines with its own error."""
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(json.dumps({"prompt": p}) for p in ("one", "word " * 5000, "three")) + "\n")
+    out = tmp_path / "out.jsonl"
+    result = run_cli("generate", str(scripted_model), "--batch", str(source), "-o", str(out), "--temperature", "0")
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r.get("text") for r in records] == [REASONING_ANSWER, None, REASONING_ANSWER]
+    assert "context" in records[1]["error"] and "in.jsonl:2" in result.stderr and "in.jsonl:1" not in result.stderr
+    assert result.returncode == 0 and "2 answered, 0 already done, 1 skipped" in result.stderr
+
+
 def test_generate_batch_with_no_answerable_line_fails(tmp_path, scripted_model):
     source = tmp_path / "in.jsonl"
     source.write_text("{broken\n" + json.dumps({"nothing": 1}) + "\n")

@@ -93,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
             raise
         # Anything else from torch, optimum, NNCF or OpenVINO: the temporary folder is gone already
         # (convert.staging), so say where it failed in one line.
+        if isinstance(error, MemoryError):
+            raise Glm4EdgeError(f"conversion ran out of memory while {stage[0]}; nothing was written. Close other "
+                                "programs or convert on a machine with more RAM (README: Measurements gives "
+                                "what each model size needs)") from None
         raise Glm4EdgeError(f"conversion failed while {stage[0]} ({one_line(error)}); nothing was written. "
                             "Check the checkpoint, or report this with the message") from None
     if not args.quiet:

@@ -156,8 +156,10 @@ def run_batch(args: argparse.Namespace) -> int:
                                  for _, c in group]
                 try:
                     replies = model.generate_batch(conversations, **options)
-                except Glm4EdgeError as error:
-                    replies = [error] * len(group)
+                except Glm4EdgeError:
+                    # One line the group cannot take (too long for the context, a bad message) fails the whole
+                    # call: answer the group line by line so that only the bad line is skipped.
+                    replies = [_one(model, conversation, options) for conversation in conversations]
                 for (number, _), reply in zip(group, replies, strict=True):
                     if isinstance(reply, Exception):
                         record = {"line": number, "error": str(reply)}
@@ -176,7 +178,16 @@ def run_batch(args: argparse.Namespace) -> int:
             handle.write(json.dumps(results[number], ensure_ascii=False) + "\n")
     os.replace(temp, args.output)
     failed = sum(1 for r in results.values() if "error" in r)
-    print(f"glm4-edge generate: {len(todo)} answered, {len(done)} already done, {failed} skipped -> "
+    answered = sum(1 for number, _ in todo if "error" not in results[number])
+    print(f"glm4-edge generate: {answered} answered, {len(done)} already done, {failed} skipped -> "
           f"{args.output}", file=sys.stderr)
     # A batch where no line could be answered failed, whatever was written: scripts must see it.
     return 1 if failed and failed == len(results) else 0
+
+
+def _one(model, conversation, options: dict):
+    """One conversation's reply, or the Glm4EdgeError that refused it."""
+    try:
+        return model.generate_batch([conversation], **options)[0]
+    except Glm4EdgeError as error:
+        return error
