@@ -114,7 +114,10 @@ def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int 
     """
     import openvino_genai
 
+    from .allocator import limit_heap_retention
     from .model import Model  # it imports this module for the names it re-exports
+
+    limit_heap_retention()  # long prompts grow the KV cache in steps; see glm4_edge.allocator
 
     if draft is not None and prompt_lookup:
         raise BadParameterError("choose --draft or --prompt-lookup, not both", "prompt_lookup")
