@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import device_bench, devices, glm_format, images, integrity, prompting, rope, store
+from . import allocator, device_bench, devices, glm_format, images, integrity, prompting, rope, store
 from . import fallback as npu_fallback
 from .errors import BadParameterError, Glm4EdgeError, ModelFormatError
 from .manifest import Manifest, read_manifest
@@ -65,6 +65,7 @@ def plan_load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len:
     device = devices.check_device(device_bench.resolve_auto(folder, device), properties)  # AUTO: measured winner
     props = devices.pipeline_properties(device, manifest, folder, max_prompt_len, min_response_len, cache)
     props.update(properties or {})
+    allocator.limit_heap_retention()  # before any pipeline: its KV cache regrows per chunk of a long prompt
     return LoadPlan(folder, device, manifest, props)
 
 
@@ -114,10 +115,7 @@ def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int 
     """
     import openvino_genai
 
-    from .allocator import limit_heap_retention
     from .model import Model  # it imports this module for the names it re-exports
-
-    limit_heap_retention()  # long prompts grow the KV cache in steps; see glm4_edge.allocator
 
     if draft is not None and prompt_lookup:
         raise BadParameterError("choose --draft or --prompt-lookup, not both", "prompt_lookup")
