@@ -55,11 +55,21 @@ def _reset_peak() -> None:
 
 
 def measure(model_dir: str, tokens: int, kv: str, one_shot: bool) -> dict:
+    import openvino_genai
+
     import glm4_edge
     from glm4_edge.documents import Document, document_prompt
+    from glm4_edge.loading import presize_kv_cache
     from glm4_edge.model import peak_rss_bytes
+    from glm4_edge.prefill import UNSAFE_KV_PRECISIONS
 
-    model = glm4_edge.load(model_dir, properties={"KV_CACHE_PRECISION": kv})
+    properties: dict = {"KV_CACHE_PRECISION": kv}
+    if kv in UNSAFE_KV_PRECISIONS:  # its cache is sized at load: for this prompt, not the manifest's context
+        scheduler = openvino_genai.SchedulerConfig()
+        scheduler.enable_prefix_caching = True
+        presize_kv_cache(scheduler, tokens + 4096)
+        properties["scheduler_config"] = scheduler
+    model = glm4_edge.load(model_dir, properties=properties)
     model.context_length = tokens + 4096
     model.warm_up()
     loaded_rss = _rss_gib()

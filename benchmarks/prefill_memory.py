@@ -37,10 +37,14 @@ def one(folder: str, tokens: int, step: int, kv: str) -> dict:
     import openvino_genai
 
     import glm4_edge
+    from glm4_edge.loading import presize_kv_cache
+    from glm4_edge.prefill import UNSAFE_KV_PRECISIONS
 
     scheduler = openvino_genai.SchedulerConfig()
     scheduler.enable_prefix_caching = True
     scheduler.max_num_batched_tokens = step
+    if kv in UNSAFE_KV_PRECISIONS:  # sized at load: for this prompt, not the manifest's context
+        presize_kv_cache(scheduler, tokens + 1024)
     model = glm4_edge.load(folder, properties={"KV_CACHE_PRECISION": kv, "scheduler_config": scheduler})
     model.context_length = tokens + 1024
     model.prefill_threshold = 0  # one call: the scheduler's step is the only chunking

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import allocator, device_bench, devices, glm_format, images, integrity, prompting, rope, store
+from . import allocator, device_bench, devices, glm_format, images, integrity, prefill, prompting, rope, store
 from . import fallback as npu_fallback
 from .errors import BadParameterError, Glm4EdgeError, ModelFormatError
 from .manifest import Manifest, read_manifest
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 DEFAULT_DEVICE = "CPU"
 DEFAULT_CONTEXT = 8192
+KV_BLOCK_MARGIN = 4  # blocks beyond the context in a KV cache sized at load (`presize_kv_cache`)
 REQUIRED_FILES = ("openvino_model.xml", "openvino_tokenizer.xml", "openvino_detokenizer.xml")
 # A GLM-4V folder: three IRs instead of openvino_model.xml (see glm4_edge.vision).
 REQUIRED_VISION_FILES = (*images.VISION_FILES, "openvino_tokenizer.xml", "openvino_detokenizer.xml")
@@ -87,10 +88,33 @@ def open_pipeline(plan: LoadPlan, factory) -> tuple[Any, float]:
     return pipeline, time.perf_counter() - started
 
 
+def plan_context(plan: LoadPlan) -> int:
+    """The model's context in tokens: the manifest's, else the checkpoint config's (foreign models)."""
+    manifest = plan.manifest
+    return manifest.context_length if manifest and manifest.context_length else _config_context(plan.folder)
+
+
+def presize_kv_cache(scheduler, context: int) -> bool:
+    """Size `scheduler`'s KV cache for `context` tokens at load, so it never regrows; False if it cannot.
+
+    A SchedulerConfig the user already sized (`num_kv_blocks` or `cache_size`) is left as it is (it does
+    not regrow either). The cache is allocated whole but its pages become resident only as tokens land
+    (measured: a 1M-token u4 or u8 cache on the 1-layer GLM-4-9B-shaped model left RSS unchanged), so a
+    short chat pays nothing for a long context. A prompt beyond it is refused by our context check
+    before openvino-genai would drop it.
+    """
+    if not hasattr(scheduler, "num_kv_blocks"):
+        return False
+    if not (scheduler.num_kv_blocks or scheduler.cache_size):
+        # Every one-token call of the chunked prefill may hold one more block than its prompt needs.
+        scheduler.num_kv_blocks = -(-context // prefill.CPU_KV_BLOCK_TOKENS) + KV_BLOCK_MARGIN
+    return True
+
+
 def model_facts(plan: LoadPlan, pipeline) -> tuple[int, str, list[int]]:
     """(context length, generation prefix, stop ids) from the manifest, or the folder for foreign models."""
     manifest = plan.manifest
-    context = manifest.context_length if manifest and manifest.context_length else _config_context(plan.folder)
+    context = plan_context(plan)
     if plan.base_device == "NPU":
         context = plan.properties["MAX_PROMPT_LEN"] + plan.properties["MIN_RESPONSE_LEN"]
     prefix = manifest.generation_prefix if manifest else _template_prefix(pipeline)
@@ -135,6 +159,9 @@ def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int 
         scheduler = openvino_genai.SchedulerConfig()
         scheduler.enable_prefix_caching = True  # multi-turn chats reuse the history's KV cache
         props.setdefault("scheduler_config", scheduler)
+    kv_precision = str(props.get("KV_CACHE_PRECISION", "")).lower()
+    kv_fixed = plan.base_device == "CPU" and kv_precision in prefill.UNSAFE_KV_PRECISIONS and presize_kv_cache(
+        props["scheduler_config"], plan_context(plan))
     if draft is not None:
         draft_folder = store.find(draft) or Path(draft).expanduser()
         if not (draft_folder / "openvino_model.xml").is_file():
@@ -153,7 +180,7 @@ def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int 
         real_context = (plan.manifest.context_length if plan.manifest and plan.manifest.context_length
                         else _config_context(plan.folder))
         npu_fallback.attach(model, shape, fallback_device, context_length=real_context, cache=cache)
-    model.kv_cache_precision = str(props.get("KV_CACHE_PRECISION", "")).lower()
+    model.kv_cache_precision, model.kv_cache_fixed = kv_precision, kv_fixed
     if warm_up:
         model.warm_up()
     return model

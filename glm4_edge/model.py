@@ -156,6 +156,7 @@ class Model:
         self.prefill_first_chunk = prefill.DEFAULT_FIRST_CHUNK_TOKENS
         self.prefill_chunk_s = prefill.DEFAULT_CHUNK_S
         self.kv_cache_precision = ""  # as asked with --property KV_CACHE_PRECISION; "" = the device default
+        self.kv_cache_fixed = False  # the KV cache was given its size at load and never regrows
 
     @property
     def name(self) -> str:
@@ -395,13 +396,13 @@ class Model:
     def _chunked_prefill(self, prompt_tokens: int) -> bool:
         """Only pipelines with a prefix cache (CPU/GPU, no assisted decoding) can prefill in chunks.
 
-        Not with a u4 KV cache: reusing a u4 prefix after a one-token generation corrupts the heap in
-        openvino-genai 2026.4.1 (`free(): invalid pointer`, reproduced on the tiny model), so u4 prompts
-        are prefilled in one call, without progress.
+        A u4 KV cache only if it was sized at load: each chunk regrows a dynamic cache, and openvino-genai
+        2026.4.1 corrupts the heap regrowing a u4 one (`prefill.UNSAFE_KV_PRECISIONS`); such prompts are
+        prefilled in one call, without progress.
         """
         return (bool(self.prefill_threshold) and prompt_tokens > self.prefill_threshold and not self.assisted
                 and devices.base_device(self.device) in ("CPU", "GPU")
-                and self.kv_cache_precision not in prefill.UNSAFE_KV_PRECISIONS)
+                and (self.kv_cache_precision not in prefill.UNSAFE_KV_PRECISIONS or self.kv_cache_fixed))
 
     def _prefill_config(self):
         config = self.pipeline.get_generation_config()

@@ -26,8 +26,14 @@ DEFAULT_FIRST_CHUNK_TOKENS = 1024
 DEFAULT_CHUNK_S = 3.0
 CHUNK_ALIGN_TOKENS = 256
 MAX_CHUNK_TOKENS = 16384
-# KV cache precisions whose prefix reuse after a one-token generation crashes openvino-genai 2026.4.1.
+# KV cache precisions openvino-genai 2026.4.1 cannot regrow: `KVCacheManager.allocate_cache_if_needed` copies
+# a u4 cache's element count as bytes, twice its size, and corrupts the heap (`malloc(): invalid size`,
+# reproduced with a chunked prefill on the 1-layer GLM-4-9B-shaped model). `glm4_edge.load` gives such a
+# cache its whole size at load (`loading.presize_kv_cache`); only a cache that never regrows may take
+# the chunked path, whose one-token calls regrow it every chunk.
 UNSAFE_KV_PRECISIONS = ("u4",)
+# Tokens per KV cache block of openvino-genai's CPU paged attention (`KVCacheManager`, cpu_block_size).
+CPU_KV_BLOCK_TOKENS = 32
 
 
 @dataclass(frozen=True)

@@ -93,11 +93,22 @@ def test_cli_progress_line_is_rewritten_and_cleared():
                                    "\r\033[2K")
 
 
-def test_u4_kv_cache_is_prefilled_in_one_call(tiny_int4):
-    """Chunked prefill with a u4 KV cache crashes openvino-genai 2026.4.1 (heap corruption): not used there."""
+def test_u4_kv_cache_is_sized_at_load_and_prefilled_in_chunks(tiny_int4):
+    """openvino-genai 2026.4.1 corrupts the heap regrowing a u4 KV cache (each chunk regrows a dynamic one:
+    `malloc(): invalid size` on the 1-layer model, 4 of 4 runs). Sized at load, it never regrows."""
     import glm4_edge
 
     model = glm4_edge.load(tiny_int4, properties={"KV_CACHE_PRECISION": "u4"})
+    assert model.kv_cache_fixed
     model.prefill_threshold, model.prefill_first_chunk, model.prefill_chunk_s = 256, CHUNK_ALIGN_TOKENS, 1e-6
+    one_call = glm4_edge.load(tiny_int4, properties={"KV_CACHE_PRECISION": "u4"})
+    one_call.prefill_threshold = 0
+    expected = "".join(c.text for c in one_call.stream(LONG, temperature=0.0, max_new_tokens=8, ignore_eos=True))
+    for question in ("", " Who jumps?", " Who jumps?"):  # a new prompt, then a reused prefix, twice
+        chunks = list(model.stream(LONG + question, temperature=0.0, max_new_tokens=8, ignore_eos=True))
+        assert any(c.progress is not None for c in chunks) and chunks[-1].finish_reason == "length"
+        if not question:
+            assert "".join(c.text for c in chunks) == expected
+    model.kv_cache_fixed = False  # a u4 cache that could regrow: one call, no progress
     chunks = list(model.stream(LONG, temperature=0.0, max_new_tokens=8, ignore_eos=True))
     assert not any(c.progress is not None for c in chunks) and chunks[-1].finish_reason == "length"
