@@ -26,9 +26,18 @@ from typing import Any
 
 from . import glm_format
 from .errors import Glm4EdgeError
-from .loading import DEFAULT_DEVICE, model_facts, open_pipeline, openvino_reason, plan_load
+from .loading import (
+    DEFAULT_DEVICE,
+    model_facts,
+    open_pipeline,
+    openvino_reason,
+    plan_context,
+    plan_load,
+    presize_kv_cache,
+)
 from .model import BATCH_CANNOT_HONOUR, Chunk, Model
 from .options import GenerationOptions, finish_reason, pipeline_reason, refuse
+from .prefill import UNSAFE_KV_PRECISIONS
 
 BATCHING_DEVICES = ("CPU", "GPU")
 ENGINE_IDLE_WAIT_S = 1.0  # the engine thread sleeps on a condition; this only bounds a missed wake-up
@@ -311,8 +320,13 @@ class BatchedModel(Model):
 
 
 def load_batched(path: str | Path, device: str = DEFAULT_DEVICE, *, cache: bool = True,
-                 warm_up: bool = False, properties: dict[str, Any] | None = None) -> BatchedModel:
-    """Like `glm4_edge.load`, on a ContinuousBatchingPipeline with prefix caching (CPU or GPU)."""
+                 warm_up: bool = False, properties: dict[str, Any] | None = None,
+                 max_concurrency: int = 1) -> BatchedModel:
+    """Like `glm4_edge.load`, on a ContinuousBatchingPipeline with prefix caching (CPU or GPU).
+
+    A u4 KV cache on the CPU is sized at load for `max_concurrency` full contexts: openvino-genai
+    2026.4.1 crashes regrowing one (`prefill.UNSAFE_KV_PRECISIONS`; a segfault with 4 parallel requests).
+    """
     import openvino_genai
 
     plan = plan_load(path, device, cache=cache, properties=properties)
@@ -320,6 +334,9 @@ def load_batched(path: str | Path, device: str = DEFAULT_DEVICE, *, cache: bool 
         raise Glm4EdgeError(f"parallel decoding runs on CPU or GPU, not {plan.device}; use --max-concurrency 1")
     scheduler = openvino_genai.SchedulerConfig()
     scheduler.enable_prefix_caching = True  # requests sharing a system prompt or history reuse its KV blocks
+    if plan.base_device == "CPU" and str(plan.properties.get("KV_CACHE_PRECISION", "")).lower() in \
+            UNSAFE_KV_PRECISIONS:
+        presize_kv_cache(scheduler, plan_context(plan) * max(1, max_concurrency))
     pipeline, load_s = open_pipeline(plan, lambda: openvino_genai.ContinuousBatchingPipeline(
         str(plan.folder), scheduler, plan.device, plan.properties))
     view = _PipelineView(pipeline)

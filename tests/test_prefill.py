@@ -112,3 +112,29 @@ def test_u4_kv_cache_is_sized_at_load_and_prefilled_in_chunks(tiny_int4):
     model.kv_cache_fixed = False  # a u4 cache that could regrow: one call, no progress
     chunks = list(model.stream(LONG, temperature=0.0, max_new_tokens=8, ignore_eos=True))
     assert not any(c.progress is not None for c in chunks) and chunks[-1].finish_reason == "length"
+
+
+def test_u4_kv_cache_serves_parallel_requests(tiny_int4):
+    """The server's continuous-batching pipeline regrows its cache too (a segfault with 4 parallel u4
+    requests on the 1-layer model); `load_batched` sizes a u4 cache for `max_concurrency` contexts."""
+    from glm4_edge.batching import load_batched
+
+    model = load_batched(tiny_int4, properties={"KV_CACHE_PRECISION": "u4"}, max_concurrency=4)
+    finished: dict[int, str | None] = {}
+
+    def ask(i: int) -> None:
+        prompt = f"Request {i}. " + LONG[: 600 + 150 * i]
+        chunks = list(model.stream(prompt, temperature=0.0, max_new_tokens=32, ignore_eos=True))
+        finished[i] = chunks[-1].finish_reason
+
+    try:
+        for _ in range(2):
+            threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=120)
+            assert finished == {i: "length" for i in range(4)}
+            finished.clear()
+    finally:
+        model.close()

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             batching = False  # NPU, AUTO, speculative decoding or GLM-4V: requests queue for the one model
     if batching:
         loader = partial(load_batched, folder, args.device, cache=not args.no_cache, warm_up=True,
-                         properties=properties(args))
+                         properties=properties(args), max_concurrency=args.max_concurrency)
     else:
         loader = partial(load, folder, args.device, max_prompt_len=args.max_prompt_len,
                          min_response_len=args.min_response_len, cache=not args.no_cache, draft=args.draft,
