@@ -41,9 +41,10 @@ def document(model, tokens: int, seed: int) -> str:
     return model.tokenizer.decode([int(i) for i in ids])
 
 
-def _rss_gib() -> float:
+def _rss_gib(field: str = "VmRSS") -> float:
+    """A /proc/self/status memory field in GiB: VmRSS, or RssAnon (without the mapped IR's pages)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return round(int(line.split()[1]) / 2**20, 2)
     return 0.0
 
@@ -75,7 +76,7 @@ def measure(model_dir: str, tokens: int, kv: str, one_shot: bool) -> dict:
     loaded_rss = _rss_gib()
     # The machine's 1-minute load average: on a shared 2-core machine the rates mean little without it.
     result: dict = {"prompt_tokens": tokens, "kv_cache_precision": kv, "load_avg_start": os.getloadavg()[0],
-                    "loaded_rss_gib": loaded_rss}
+                    "loaded_rss_gib": loaded_rss, "loaded_anon_gib": _rss_gib("RssAnon")}
 
     def ask(text: str, question: str, chunked: bool) -> tuple[float, int, int]:
         model.prefill_threshold = 4096 if chunked else 0
