@@ -28,6 +28,7 @@ from . import glm_format
 from .errors import Glm4EdgeError
 from .loading import (
     DEFAULT_DEVICE,
+    kv_cache_precision,
     model_facts,
     open_pipeline,
     openvino_reason,
@@ -334,8 +335,7 @@ def load_batched(path: str | Path, device: str = DEFAULT_DEVICE, *, cache: bool 
         raise Glm4EdgeError(f"parallel decoding runs on CPU or GPU, not {plan.device}; use --max-concurrency 1")
     scheduler = openvino_genai.SchedulerConfig()
     scheduler.enable_prefix_caching = True  # requests sharing a system prompt or history reuse its KV blocks
-    if plan.base_device == "CPU" and str(plan.properties.get("KV_CACHE_PRECISION", "")).lower() in \
-            UNSAFE_KV_PRECISIONS:
+    if plan.base_device == "CPU" and kv_cache_precision(plan.properties) in UNSAFE_KV_PRECISIONS:
         presize_kv_cache(scheduler, plan_context(plan) * max(1, max_concurrency))
     pipeline, load_s = open_pipeline(plan, lambda: openvino_genai.ContinuousBatchingPipeline(
         str(plan.folder), scheduler, plan.device, plan.properties))

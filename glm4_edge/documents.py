@@ -244,7 +244,8 @@ def check_fits(model, messages: Sequence[dict], documents: Sequence[Document], m
         f"the documents do not fit: {sizes}; with the conversation the prompt is {prompt_tokens:,} tokens + "
         f"{max_new_tokens:,} for the answer = {needed:,}, but the model's context is {context:,} tokens. "
         f"Convert the model with `glm4-edge convert ... --context {_round_context(needed)}` (a long-context "
-        "GLM-4), pass a shorter file, or lower --max-new-tokens", needed, context)
+        "GLM-4)" + (", pass a shorter file, or lower --max-new-tokens" if prompt_tokens < context else
+                    " or pass a shorter file"), needed, context)
 
 
 def _round_context(tokens: int) -> int:

@@ -20,10 +20,11 @@ class ContextOverflowError(Glm4EdgeError):
         self.prompt_tokens = prompt_tokens
         self.max_new_tokens = max_new_tokens
         self.context = context
+        # Lowering max_new_tokens helps only when the prompt alone fits.
+        remedy = "shorten the conversation" + (" or lower max_new_tokens" if prompt_tokens < context else "")
         super().__init__(
             f"prompt ({prompt_tokens} tokens) + max_new_tokens ({max_new_tokens}) = "
-            f"{prompt_tokens + max_new_tokens} exceeds the model's context of {context} tokens; "
-            "shorten the conversation or lower max_new_tokens"
+            f"{prompt_tokens + max_new_tokens} exceeds the model's context of {context} tokens; {remedy}"
         )
 
 

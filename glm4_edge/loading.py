@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 DEFAULT_DEVICE = "CPU"
 DEFAULT_CONTEXT = 8192
+# KV_CACHE_PRECISION values openvino-genai 2026.4.1 runs on the CPU (measured; f32 and u3 fail to compile).
+CPU_KV_PRECISIONS = ("u8", "u4", "f16", "bf16")
 KV_BLOCK_MARGIN = 4  # blocks beyond the context in a KV cache sized at load (`presize_kv_cache`)
 REQUIRED_FILES = ("openvino_model.xml", "openvino_tokenizer.xml", "openvino_detokenizer.xml")
 # A GLM-4V folder: three IRs instead of openvino_model.xml (see glm4_edge.vision).
@@ -84,6 +86,9 @@ def open_pipeline(plan: LoadPlan, factory) -> tuple[Any, float]:
         pipeline = factory()
     except RuntimeError as error:
         reason = openvino_reason(error)
+        if "key_cache_type" in reason:  # the CPU's paged attention refusing a KV precision, in its own words
+            reason = (f"KV cache precision {kv_cache_precision(plan.properties) or '?'} is not supported here; "
+                      f"on the CPU use {', '.join(CPU_KV_PRECISIONS)}")
         raise Glm4EdgeError(f"OpenVINO could not load {plan.folder} on {plan.device}: {reason}") from None
     return pipeline, time.perf_counter() - started
 
@@ -92,6 +97,21 @@ def plan_context(plan: LoadPlan) -> int:
     """The model's context in tokens: the manifest's, else the checkpoint config's (foreign models)."""
     manifest = plan.manifest
     return manifest.context_length if manifest and manifest.context_length else _config_context(plan.folder)
+
+
+def kv_cache_precision(properties: dict[str, Any]) -> str:
+    """The KV cache precision asked for, as a type name ("u8", "u4", ...; "" = the device default).
+
+    OpenVINO takes it as KV_CACHE_PRECISION or as KEY_/VALUE_CACHE_PRECISION, each a string or an
+    `openvino.Type`; "u4" if any of them is u4 (the one openvino-genai cannot regrow).
+    """
+    names = []
+    for key in ("KV_CACHE_PRECISION", "KEY_CACHE_PRECISION", "VALUE_CACHE_PRECISION"):
+        value = properties.get(key)
+        if value is not None:
+            names.append(value.get_type_name() if hasattr(value, "get_type_name") else str(value).strip().lower())
+    unsafe = [name for name in names if name in prefill.UNSAFE_KV_PRECISIONS]
+    return (unsafe or names or [""])[0]
 
 
 def presize_kv_cache(scheduler, context: int) -> bool:
@@ -159,7 +179,7 @@ def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int 
         scheduler = openvino_genai.SchedulerConfig()
         scheduler.enable_prefix_caching = True  # multi-turn chats reuse the history's KV cache
         props.setdefault("scheduler_config", scheduler)
-    kv_precision = str(props.get("KV_CACHE_PRECISION", "")).lower()
+    kv_precision = kv_cache_precision(props)
     kv_fixed = plan.base_device == "CPU" and kv_precision in prefill.UNSAFE_KV_PRECISIONS and presize_kv_cache(
         props["scheduler_config"], plan_context(plan))
     if draft is not None:
@@ -181,6 +201,8 @@ def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int 
                         else _config_context(plan.folder))
         npu_fallback.attach(model, shape, fallback_device, context_length=real_context, cache=cache)
     model.kv_cache_precision, model.kv_cache_fixed = kv_precision, kv_fixed
+    if kv_fixed and props["scheduler_config"].num_kv_blocks:
+        model.kv_cache_tokens = props["scheduler_config"].num_kv_blocks * prefill.CPU_KV_BLOCK_TOKENS
     if warm_up:
         model.warm_up()
     return model

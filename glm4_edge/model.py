@@ -157,6 +157,7 @@ class Model:
         self.prefill_chunk_s = prefill.DEFAULT_CHUNK_S
         self.kv_cache_precision = ""  # as asked with --property KV_CACHE_PRECISION; "" = the device default
         self.kv_cache_fixed = False  # the KV cache was given its size at load and never regrows
+        self.kv_cache_tokens: int | None = None  # what such a cache holds, if known: prompts beyond are refused
 
     @property
     def name(self) -> str:
@@ -258,8 +259,7 @@ class Model:
         inputs = prompting.token_inputs([ids])
         prompt_tokens = len(ids)
         max_new_tokens = options.max_new_tokens
-        if self.context_length and prompt_tokens + max_new_tokens > self.context_length:
-            raise ContextOverflowError(prompt_tokens, max_new_tokens, self.context_length)
+        self._check_fits(prompt_tokens, max_new_tokens)
         config = self._generation_config(options, json_schema)
         return self._stream(inputs, prompt_tokens, config, options, list(tool_names), cancel, parse=parse)
 
@@ -343,8 +343,7 @@ class Model:
         lengths = [len(ids) for ids in encoded]
         max_new_tokens = checked.max_new_tokens
         for length in lengths:
-            if self.context_length and length + max_new_tokens > self.context_length:
-                raise ContextOverflowError(length, max_new_tokens, self.context_length)
+            self._check_fits(length, max_new_tokens)
         config = self._generation_config(checked, json_schema, native_stop=True)
         inputs = prompting.token_inputs(encoded, self.tokenizer.get_pad_token_id())
         started = time.perf_counter()
@@ -392,6 +391,16 @@ class Model:
             pass
 
     # --- helpers ----------------------------------------------------------------------------------
+
+    def _check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        """ContextOverflowError unless prompt and answer fit the context and a KV cache sized at load.
+
+        A `context_length` raised after load (Python only) can pass a u4 cache's size, which
+        openvino-genai would answer with a RuntimeError mid-prefill.
+        """
+        limits = [limit for limit in (self.context_length, self.kv_cache_tokens) if limit]
+        if limits and prompt_tokens + max_new_tokens > min(limits):
+            raise ContextOverflowError(prompt_tokens, max_new_tokens, min(limits))
 
     def _chunked_prefill(self, prompt_tokens: int) -> bool:
         """Only pipelines with a prefix cache (CPU/GPU, no assisted decoding) can prefill in chunks.

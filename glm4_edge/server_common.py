@@ -51,8 +51,9 @@ def from_glm4_edge_error(error: Glm4EdgeError) -> ApiError:
     if isinstance(error, ContextOverflowError):
         return ApiError(400, f"This model's maximum context length is {error.context} tokens; the prompt has "
                              f"{error.prompt_tokens} tokens and max_tokens is {error.max_new_tokens} "
-                             f"({error.prompt_tokens + error.max_new_tokens} in all). Shorten the prompt or "
-                             "lower max_tokens.", param="messages", code="context_length_exceeded")
+                             f"({error.prompt_tokens + error.max_new_tokens} in all). Shorten the prompt"
+                             + (" or lower max_tokens." if error.prompt_tokens < error.context else "."),
+                             param="messages", code="context_length_exceeded")
     if isinstance(error, BadParameterError):
         param = _OPENAI_PARAM.get(error.param or "", error.param)
         return ApiError(400, str(error), param=param, code="invalid_value")

@@ -203,3 +203,25 @@ def test_chat_file_and_slash_file(scripted_model, tmp_path):
     assert "empty (0 bytes)" in result.stderr
     assert "attached b.txt (4 characters) to your next message" in result.stderr
     assert result.stdout.count(REASONING_ANSWER) == 2
+
+
+def test_chat_detaches_a_file_that_does_not_fit(scripted_model, tmp_path):
+    """Kept attached, a refused file refused every later message until /clear (found by a new-user trial)."""
+    path = tmp_path / "long.txt"
+    path.write_text("lorem ipsum dolor sit amet " * 3000)
+    result = subprocess.run([*CLI, "chat", str(scripted_model), "--temperature", "0"],
+                            input=f"/file {path}\nSummarize.\nHello?\n", capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("do not fit") == 1 and "long.txt detached" in result.stderr
+    assert "or lower --max-new-tokens" not in result.stderr  # the prompt alone is over the context
+    assert result.stdout.count(REASONING_ANSWER) == 1  # the next message is answered
+
+
+def test_context_errors_suggest_fewer_answer_tokens_only_when_that_helps():
+    from glm4_edge.errors import ContextOverflowError
+    from glm4_edge.server_common import from_glm4_edge_error
+
+    fits_alone, too_long = ContextOverflowError(100, 50, 120), ContextOverflowError(130, 50, 120)
+    assert "lower max_new_tokens" in str(fits_alone) and "lower max_new_tokens" not in str(too_long)
+    assert "lower max_tokens" in from_glm4_edge_error(fits_alone).message
+    assert "lower max_tokens" not in from_glm4_edge_error(too_long).message

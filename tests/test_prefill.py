@@ -138,3 +138,38 @@ def test_u4_kv_cache_serves_parallel_requests(tiny_int4):
             finished.clear()
     finally:
         model.close()
+
+
+@pytest.mark.parametrize("properties", [{"KEY_CACHE_PRECISION": "u4", "VALUE_CACHE_PRECISION": "u4"},
+                                        "openvino.Type.u4"], ids=["key-value", "ov-type"])
+def test_u4_asked_any_way_is_sized_at_load(tiny_int4, properties):
+    """OpenVINO also takes KEY_/VALUE_CACHE_PRECISION and `openvino.Type` values; each crashed unsized."""
+    import openvino
+
+    import glm4_edge
+    from glm4_edge.errors import ContextOverflowError
+
+    if properties == "openvino.Type.u4":
+        properties = {"KV_CACHE_PRECISION": openvino.Type.u4}
+    model = glm4_edge.load(tiny_int4, properties=properties)
+    assert model.kv_cache_precision == "u4" and model.kv_cache_fixed
+    model.prefill_threshold, model.prefill_first_chunk, model.prefill_chunk_s = 256, CHUNK_ALIGN_TOKENS, 1e-6
+    for question in ("", " Who jumps?"):
+        chunks = list(model.stream(LONG + question, temperature=0.0, max_new_tokens=8, ignore_eos=True))
+        assert any(c.progress is not None for c in chunks) and chunks[-1].finish_reason == "length"
+    # A context raised after load cannot pass the cache sized at load: one clear error, not OpenVINO's.
+    model.context_length = 10 * model.kv_cache_tokens
+    with pytest.raises(ContextOverflowError, match=f"context of {model.kv_cache_tokens} tokens"):
+        list(model.stream(LONG * 20, max_new_tokens=8))
+
+
+def test_an_unsupported_kv_precision_is_one_clear_line(tiny_int4):
+    import subprocess
+
+    from .conftest import CLI
+
+    result = subprocess.run([*CLI, "generate", str(tiny_int4), "--property", "KV_CACHE_PRECISION=u3", "-p", "hi"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "KV cache precision u3 is not supported here; on the CPU use u8, u4, f16, bf16" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -112,10 +112,9 @@ def run(args: argparse.Namespace) -> int:
         if command.startswith("/"):
             err.print(f"[dim]unknown command {command}; {help_line}[/]")
             continue
-        sent = answer(chat, text, console, err, documents, args.max_new_tokens, image=image)
-        image = None  # sent, or refused (one image per conversation): /image again to retry
-        if sent:
-            documents = []
+        answer(chat, text, console, err, documents, args.max_new_tokens, image=image)
+        # Sent or refused, the attachments go: a refused file would refuse every later message too.
+        image, documents = None, []
 
 
 def pick_image(model, path: str, err: Console):
@@ -137,13 +136,15 @@ def pick_image(model, path: str, err: Console):
 
 def answer(chat, text: str, console: Console, err: Console, documents=(), max_new_tokens: int = 0,
            image=None) -> bool:
-    """Stream one answer; False when the message was refused (its documents stay attached)."""
+    """Stream one answer; False when the message was refused (its documents are then detached)."""
     if documents:
         turn = [*chat.messages, {"role": "user", "content": text}]
         try:
             attach_files(chat.model, turn, documents, max_new_tokens)
         except Glm4EdgeError as error:
             err.print(f"[red]{error}[/]")
+            names = ", ".join(document.name for document in documents)
+            err.print(f"[dim]({names} detached: /file a shorter one, or ask without it)[/]")
             return False
         text = turn[-1]["content"]
     try:
