@@ -1,14 +1,15 @@
-"""The C heap under long prompts: give freed KV-cache tensors back to the OS.
+"""The C heap under long prompts: give big freed blocks back to the OS.
 
-openvino-genai grows its paged KV cache on the CPU 256 tokens at a time, by allocating bigger
-per-layer key and value tensors and copying the old ones over (`KVCacheManager.allocate_cache_if_needed`,
-openvino-genai 2026.4). glibc's malloc raises its mmap threshold to the size of the largest block freed
-(up to 32 MiB), so from then on those tensors come from the heap, whose holes a slightly bigger tensor
-never fits and which glibc does not hand back. Each chunk of a chunked prefill grows the cache, so
-the heap grew with every chunk. Measured with `benchmarks/long_prompt.py` on the GLM-4-9B-shaped INT4
-model prefilling 64K tokens in 256-token chunks: 1 layer, peak RSS 2.76 GiB with glibc's default and
-0.67 GiB with the threshold fixed at 1 MiB, in the same time (210 s vs 207 s to 62K tokens); 8 layers,
-docs/documents.md ("KV cache memory").
+Each generate call of a chunked prefill allocates buffers sized by the context it has reached (the KV
+cache among them: openvino-genai grows it on the CPU 256 tokens at a time, allocating bigger per-layer
+tensors and copying the old ones, `KVCacheManager.allocate_cache_if_needed`, 2026.4). glibc's malloc
+raises its mmap threshold to the size of the largest block freed (up to 32 MiB), so from then on such
+buffers come from the heap, whose holes a slightly bigger buffer never fits and which glibc does not
+hand back: the heap grew with every chunk. Measured with `benchmarks/long_prompt.py` and the 1-layer
+and 8-layer GLM-4-9B-shaped INT4 models prefilling 64K tokens in chunks: 1 layer, peak RSS 2.76 GiB
+with glibc's default and 0.67 GiB with the threshold fixed at 1 MiB, in the same time (210 s vs
+207 s to 62K tokens); 8 layers, 9.95 GiB and 3.92 GiB (docs/documents.md, "KV cache memory"). A KV
+cache sized at load did not stop it (0.73 vs 0.56 GiB at 18.7K tokens on 1 layer): not the cache alone.
 
 Written by hand over ctypes: glibc's `mallopt` is the interface, and no maintained Python package
 wraps it. A user's own `MALLOC_MMAP_THRESHOLD_` wins; other C libraries are left alone.
