@@ -7,9 +7,10 @@ raises its mmap threshold to the size of the largest block freed (up to 32 MiB),
 buffers come from the heap, whose holes a slightly bigger buffer never fits and which glibc does not
 hand back: the heap grew with every chunk. Measured with `benchmarks/long_prompt.py` and the 1-layer
 and 8-layer GLM-4-9B-shaped INT4 models prefilling 64K tokens in chunks: 1 layer, peak RSS 2.76 GiB
-with glibc's default and 0.67 GiB with the threshold fixed at 1 MiB, in the same time (210 s vs
-207 s to 62K tokens); 8 layers, 9.95 GiB and 3.92 GiB (docs/documents.md, "KV cache memory"). A KV
-cache sized at load did not stop it (0.73 vs 0.56 GiB at 18.7K tokens on 1 layer): not the cache alone.
+with glibc's default and 0.68 GiB with the threshold fixed at 1 MiB, in about the same time (232 s vs
+228 s; docs/data/chunked-prefill-heap-L1-64k.txt); 8 layers, 9.95 GiB and 3.92 GiB (docs/documents.md,
+"KV cache memory"). A KV cache sized at load did not stop it (0.84 vs 0.57 GiB at 21K tokens on 1
+layer): not the cache alone.
 
 Written by hand over ctypes: glibc's `mallopt` is the interface, and no maintained Python package
 wraps it. A user's own `MALLOC_MMAP_THRESHOLD_` wins; other C libraries are left alone.
