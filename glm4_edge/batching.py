@@ -28,17 +28,15 @@ from . import glm_format
 from .errors import Glm4EdgeError
 from .loading import (
     DEFAULT_DEVICE,
-    kv_cache_precision,
     model_facts,
     open_pipeline,
     openvino_reason,
     plan_context,
     plan_load,
-    presize_kv_cache,
+    size_unsafe_kv_cache,
 )
 from .model import BATCH_CANNOT_HONOUR, Chunk, Model
 from .options import GenerationOptions, finish_reason, pipeline_reason, refuse
-from .prefill import UNSAFE_KV_PRECISIONS
 
 BATCHING_DEVICES = ("CPU", "GPU")
 ENGINE_IDLE_WAIT_S = 1.0  # the engine thread sleeps on a condition; this only bounds a missed wake-up
@@ -335,8 +333,7 @@ def load_batched(path: str | Path, device: str = DEFAULT_DEVICE, *, cache: bool 
         raise Glm4EdgeError(f"parallel decoding runs on CPU or GPU, not {plan.device}; use --max-concurrency 1")
     scheduler = openvino_genai.SchedulerConfig()
     scheduler.enable_prefix_caching = True  # requests sharing a system prompt or history reuse its KV blocks
-    if plan.base_device == "CPU" and kv_cache_precision(plan.properties) in UNSAFE_KV_PRECISIONS:
-        presize_kv_cache(scheduler, plan_context(plan) * max(1, max_concurrency))
+    size_unsafe_kv_cache(plan, scheduler, plan_context(plan) * max(1, max_concurrency))
     pipeline, load_s = open_pipeline(plan, lambda: openvino_genai.ContinuousBatchingPipeline(
         str(plan.folder), scheduler, plan.device, plan.properties))
     view = _PipelineView(pipeline)

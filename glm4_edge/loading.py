@@ -131,6 +131,16 @@ def presize_kv_cache(scheduler, context: int) -> bool:
     return True
 
 
+def size_unsafe_kv_cache(plan: LoadPlan, scheduler, context: int) -> bool:
+    """On the CPU, size a KV cache openvino-genai cannot regrow (u4) for `context` tokens at load.
+
+    True if the cache then never regrows (`presize_kv_cache`); False for other precisions and devices,
+    whose cache grows as tokens arrive. Every pipeline glm4-edge builds goes through here.
+    """
+    return (plan.base_device == "CPU" and kv_cache_precision(plan.properties) in prefill.UNSAFE_KV_PRECISIONS
+            and presize_kv_cache(scheduler, context))
+
+
 def model_facts(plan: LoadPlan, pipeline) -> tuple[int, str, list[int]]:
     """(context length, generation prefix, stop ids) from the manifest, or the folder for foreign models."""
     manifest = plan.manifest
@@ -179,9 +189,7 @@ def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int 
         scheduler = openvino_genai.SchedulerConfig()
         scheduler.enable_prefix_caching = True  # multi-turn chats reuse the history's KV cache
         props.setdefault("scheduler_config", scheduler)
-    kv_precision = kv_cache_precision(props)
-    kv_fixed = plan.base_device == "CPU" and kv_precision in prefill.UNSAFE_KV_PRECISIONS and presize_kv_cache(
-        props["scheduler_config"], plan_context(plan))
+    kv_fixed = size_unsafe_kv_cache(plan, props.get("scheduler_config"), plan_context(plan))
     if draft is not None:
         draft_folder = store.find(draft) or Path(draft).expanduser()
         if not (draft_folder / "openvino_model.xml").is_file():
@@ -197,10 +205,8 @@ def load(path: str | Path, device: str = DEFAULT_DEVICE, *, max_prompt_len: int 
     model.assisted = "draft" if draft is not None else ("prompt_lookup" if prompt_lookup else None)
     if plan.base_device == "NPU":
         shape = npu_fallback.StaticShape(props["MAX_PROMPT_LEN"], props["MIN_RESPONSE_LEN"])
-        real_context = (plan.manifest.context_length if plan.manifest and plan.manifest.context_length
-                        else _config_context(plan.folder))
-        npu_fallback.attach(model, shape, fallback_device, context_length=real_context, cache=cache)
-    model.kv_cache_precision, model.kv_cache_fixed = kv_precision, kv_fixed
+        npu_fallback.attach(model, shape, fallback_device, context_length=plan_context(plan), cache=cache)
+    model.kv_cache_precision, model.kv_cache_fixed = kv_cache_precision(props), kv_fixed
     if kv_fixed and props["scheduler_config"].num_kv_blocks:
         model.kv_cache_tokens = props["scheduler_config"].num_kv_blocks * prefill.CPU_KV_BLOCK_TOKENS
     if warm_up:
